@@ -1,0 +1,99 @@
+/**
+ * @module profile
+ * Kernel profiles: every behaviour that differs between kernel versions is chosen here, never by
+ * scattered version checks. `6.1` is Debian 12's kernel (the one in our QEMU oracle);
+ * `mainline` is the current PCI tree.
+ */
+
+/** PCI_P2PDMA allowlist entry flag: both devices must sit under this one host bridge. */
+export const REQ_SAME_HOST_BRIDGE = 1;
+/** PCI_ANY_ID as a device match (mainline only). */
+export const ANY_DEVICE = -1;
+
+export interface AllowlistEntry {
+  readonly vendor: number;
+  readonly device: number;
+  readonly flags: number;
+}
+
+export type MapTypeName = "unknown" | "none" | "not-supported" | "bus-address" | "through-host-bridge";
+
+export interface KernelProfile {
+  readonly id: "6.1" | "mainline";
+  readonly description: string;
+  /** `pci_p2pdma_whitelist[]` in table order. */
+  readonly allowlist: readonly AllowlistEntry[];
+  /** `pci_host_bridge_dev()`: mainline and 6.1 fall back to a Root Port when 00.0 is absent. */
+  readonly hostBridgeRootPortFallback: boolean;
+  /** `enum pci_p2pdma_map_type` values. */
+  readonly mapTypeEnum: Readonly<Partial<Record<MapTypeName, number>>>;
+  /** Word the kernel uses in its messages: 6.1 says "whitelist". */
+  readonly allowlistWord: "whitelist" | "allowlist";
+  /**
+   * `disable_acs_redir`: 6.1 clears RR|CR|EC from the current word (keeping the kernel's SV/UF);
+   * mainline recomputes from the firmware word.
+   */
+  readonly disableAcsRedirFrom: "current" | "firmware";
+  /** `pci=config_acs=` exists (mainline only). */
+  readonly hasConfigAcs: boolean;
+  /** `pci_has_p2pmem`: mainline also needs a gen_pool. */
+  readonly findNeedsPool: boolean;
+}
+
+const ALLOWLIST_61: AllowlistEntry[] = [
+  { vendor: 0x8086, device: 0x3c00, flags: REQ_SAME_HOST_BRIDGE },
+  { vendor: 0x8086, device: 0x3c01, flags: REQ_SAME_HOST_BRIDGE },
+  { vendor: 0x8086, device: 0x2f00, flags: REQ_SAME_HOST_BRIDGE },
+  { vendor: 0x8086, device: 0x2f01, flags: REQ_SAME_HOST_BRIDGE },
+  { vendor: 0x8086, device: 0x2030, flags: 0 },
+  { vendor: 0x8086, device: 0x2031, flags: 0 },
+  { vendor: 0x8086, device: 0x2032, flags: 0 },
+  { vendor: 0x8086, device: 0x2033, flags: 0 },
+  { vendor: 0x8086, device: 0x2020, flags: 0 },
+  { vendor: 0x8086, device: 0x09a2, flags: 0 },
+];
+
+const ALLOWLIST_MAINLINE: AllowlistEntry[] = [
+  ...ALLOWLIST_61,
+  // Intel DSA/IAX/QAT devices that sit at 00.0 of their own root buses
+  ...[0x0b25, 0x0cfe, 0x11fb, 0x1212, 0x1216, 0x4940, 0x4942, 0x4944, 0x4946, 0x4948].map((device) => ({
+    vendor: 0x8086,
+    device,
+    flags: 0,
+  })),
+  { vendor: 0x1ae0, device: ANY_DEVICE, flags: 0 }, // Google SoCs
+  ...[0x2f95, 0x2f96, 0x2f97, 0x2f98].map((device) => ({ vendor: 0x10de, device, flags: 0 })),
+  ...[0x1003, 0x1005, 0x1006, 0x1007].map((device) => ({ vendor: 0x1d17, device, flags: REQ_SAME_HOST_BRIDGE })),
+  { vendor: 0x1d17, device: 0x1008, flags: 0 },
+];
+
+export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
+  "6.1": {
+    id: "6.1",
+    description: "Linux 6.1 (Debian 12; the kernel-oracle captures)",
+    allowlist: ALLOWLIST_61,
+    hostBridgeRootPortFallback: true,
+    mapTypeEnum: { unknown: 0, "not-supported": 1, "bus-address": 2, "through-host-bridge": 3 },
+    allowlistWord: "whitelist",
+    disableAcsRedirFrom: "current",
+    hasConfigAcs: false,
+    findNeedsPool: false,
+  },
+  mainline: {
+    id: "mainline",
+    description: "current mainline (PCI tree, 2026)",
+    allowlist: ALLOWLIST_MAINLINE,
+    hostBridgeRootPortFallback: true,
+    mapTypeEnum: { unknown: 0, none: 1, "not-supported": 2, "bus-address": 3, "through-host-bridge": 4 },
+    allowlistWord: "allowlist",
+    disableAcsRedirFrom: "firmware",
+    hasConfigAcs: true,
+    findNeedsPool: true,
+  },
+};
+
+export const DEFAULT_PROFILE: KernelProfile["id"] = "6.1";
+
+export function kernelProfile(id: string): KernelProfile | undefined {
+  return (PROFILES as Record<string, KernelProfile>)[id];
+}
