@@ -11,7 +11,8 @@ export type ErrorCode =
   | "input-unsafe"
   | "topology-invalid"
   | "usage"
-  | "not-found";
+  | "not-found"
+  | "output-failed";
 
 export class PeerbufError extends Error {
   readonly code: ErrorCode;

@@ -1,0 +1,71 @@
+/** Text rendering of the hierarchy tree (lspci -tv, with what P2P questions need). */
+
+import type { LinkDescription } from "../../core/hw/machine.ts";
+import type { TreeNode, TreeRoot } from "../../core/analysis/tree.ts";
+import type { Colors } from "../io.ts";
+
+const PORT: Record<string, string> = {
+  "root-port": "Root Port",
+  "upstream-port": "Upstream Port",
+  "downstream-port": "Downstream Port",
+  "pcie-to-pci-bridge": "PCIe-to-PCI Bridge",
+  "pci-to-pcie-bridge": "PCI-to-PCIe Bridge",
+  "rc-endpoint": "RC Integrated Endpoint",
+  "rc-event-collector": "RC Event Collector",
+  endpoint: "",
+  "legacy-endpoint": "Legacy Endpoint",
+};
+
+export function formatSpeed(s: number | null | undefined): string {
+  if (s === undefined) return "?";
+  if (s === null) return "Unknown";
+  return `${s}GT/s`;
+}
+
+export function formatLink(l: LinkDescription | undefined, downtrained: boolean): string {
+  if (!l) return "";
+  const cur = l.speed !== undefined || l.width !== undefined ? `${formatSpeed(l.speed)} x${l.width ?? "?"}` : "";
+  const max = `${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"}`;
+  if (!cur) return `max ${max}`;
+  if (downtrained) return `${cur} (downtrained, max ${max})`;
+  return cur;
+}
+
+function label(n: TreeNode, c: Colors): string {
+  const parts: string[] = [c.bold(n.bdf)];
+  const port = n.pcieType ? PORT[n.pcieType] : "";
+  parts.push(`[${n.id}]`);
+  if (n.kind !== "other" && n.kind !== "bridge") parts.push(c.cyan(n.kind));
+  if (port) parts.push(c.magenta(port));
+  if (n.vf) parts.push(c.dim("VF"));
+  if (n.name) parts.push(n.name);
+  const link = formatLink(n.link, n.downtrained);
+  if (link) parts.push(n.downtrained ? c.yellow(link) : c.dim(link));
+  if (n.acs === null) parts.push(c.dim("ACS: none"));
+  else if (n.acs) {
+    const redir = n.acs.ctrl !== null && (n.acs.ctrl & 0x2c) !== 0;
+    parts.push((redir ? c.red : c.green)(`ACS ${n.acs.bits}`));
+  }
+  if (n.numaNode !== undefined && n.numaNode !== null) parts.push(c.dim(`NUMA ${n.numaNode}`));
+  if (n.iommuGroup !== undefined && n.iommuGroup !== null) parts.push(c.dim(`group ${n.iommuGroup}`));
+  if (n.driver) parts.push(c.dim(n.driver));
+  if (n.collapsed) parts.push(c.yellow(`×${n.collapsed.count} (… ${n.collapsed.last}, identical; --no-collapse shows each)`));
+  return parts.join("  ");
+}
+
+export function renderTree(roots: readonly TreeRoot[], c: Colors): string {
+  const lines: string[] = [];
+  const walk = (nodes: readonly TreeNode[], prefix: string) => {
+    nodes.forEach((n, i) => {
+      const last = i === nodes.length - 1;
+      lines.push(`${prefix}${last ? "└─ " : "├─ "}${label(n, c)}`);
+      walk(n.children, `${prefix}${last ? "   " : "│  "}`);
+    });
+  };
+  for (const r of roots) {
+    const numa = r.numaNode !== undefined && r.numaNode !== null ? c.dim(`  NUMA ${r.numaNode}`) : "";
+    lines.push(`${c.bold(r.hostBridge)}${numa}`);
+    walk(r.children, "");
+  }
+  return lines.join("\n");
+}
