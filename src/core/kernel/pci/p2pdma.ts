@@ -117,7 +117,7 @@ function checkHostBridge(view: PciView, fn: PciFunction, sameHostBridge: boolean
 }
 
 /** `host_bridge_whitelist()`: one check when both share a host bridge, else both must pass. */
-function hostBridgeAllowed(
+export function hostBridgeAllowed(
   view: PciView,
   provider: PciFunction,
   client: PciFunction,
