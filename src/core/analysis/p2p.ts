@@ -144,7 +144,7 @@ function hopsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r:
 
 function findingsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r: CalcResult, assume: Assumptions): Finding[] {
   const out: Finding[] = [];
-  const word = view.profile.allowlistWord === "whitelist" ? "allowlist (6.1 calls it whitelist)" : "allowlist";
+  const word = "allowlist (the kernel's messages say whitelist)";
   if (provider === client && r.mapType === "bus-address") {
     out.push({ code: "same-function", severity: "info", path: [provider.name], message: "provider and client are the same function" });
   } else if (r.common && r.acsRedirect.length === 0) {

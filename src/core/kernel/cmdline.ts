@@ -26,6 +26,11 @@ export interface ConfigAcsEntry {
   readonly match: DeviceMatch;
 }
 
+/** An entry the kernel could not parse: its per-device walk stops there. */
+export interface InvalidEntry {
+  readonly invalid: string;
+}
+
 export interface CmdlineProblem {
   readonly param: string;
   readonly message: string;
@@ -33,8 +38,9 @@ export interface CmdlineProblem {
 
 export interface ParsedCmdline {
   readonly raw: string;
-  readonly disableAcsRedir: readonly DeviceMatch[];
-  readonly configAcs: readonly ConfigAcsEntry[];
+  /** In order; the last `pci=disable_acs_redir=` wins (pci_setup keeps one pointer). */
+  readonly disableAcsRedir: readonly (DeviceMatch | InvalidEntry)[];
+  readonly configAcs: readonly (ConfigAcsEntry | InvalidEntry)[];
   readonly noats: boolean;
   /** What the IOMMU parameters ask for; undefined where the line says nothing. */
   readonly iommu: {
@@ -98,26 +104,40 @@ export function parseDeviceMatch(text: string): DeviceMatch | null {
   return { kind: "path", domain: head.domain, bus: head.bus, devfns, text: t };
 }
 
-/** `config_acs` bits: read right to left from SV; `0` clear, `1` set, `x` keep. */
+/**
+ * `config_acs` bits: read right to left from SV; `0` clear, `1` set, `x` keep. Forcing a bit
+ * beyond DT is an error; an `x` there forces nothing and is accepted (__pci_config_acs).
+ */
 export function parseConfigAcsBits(bits: string): { mask: number; flags: number } | null {
-  if (bits.length === 0 || bits.length > 7) return null;
+  if (bits.length === 0 || bits.length > 32) return null;
   let mask = 0;
   let flags = 0;
   for (let i = 0; i < bits.length; i++) {
     const ch = bits[bits.length - 1 - i]!;
-    const bit = 1 << i;
-    if (ch === "0") mask |= bit;
+    const bit = 2 ** i;
+    if (ch === "0") mask += bit;
     else if (ch === "1") {
-      mask |= bit;
-      flags |= bit;
+      mask += bit;
+      flags += bit;
     } else if (ch !== "x" && ch !== "X") return null;
   }
+  if (mask > 0x7f) return null;
   return { mask, flags };
 }
 
-export function parseCmdline(raw: string): ParsedCmdline {
-  const disable: DeviceMatch[] = [];
-  const config: ConfigAcsEntry[] = [];
+/** The first entry matching `matches`, as the kernel's per-device walk finds it; stops at a bad entry. */
+export function firstMatch<T extends object>(entries: readonly (T | InvalidEntry)[], matches: (e: T) => boolean): T | undefined {
+  for (const e of entries) {
+    if ("invalid" in e) return undefined;
+    if (matches(e)) return e;
+  }
+  return undefined;
+}
+
+/** `hasConfigAcs`: the kernel knows `pci=config_acs=` (mainline; 6.1 calls it an unknown option). */
+export function parseCmdline(raw: string, opts: { hasConfigAcs?: boolean } = {}): ParsedCmdline {
+  let disable: (DeviceMatch | InvalidEntry)[] = [];
+  let config: (ConfigAcsEntry | InvalidEntry)[] = [];
   const problems: CmdlineProblem[] = [];
   let noats = false;
   const iommu: { -readonly [K in keyof ParsedCmdline["iommu"]]: ParsedCmdline["iommu"][K] } = {};
@@ -130,25 +150,28 @@ export function parseCmdline(raw: string): ParsedCmdline {
         for (const opt of val.split(",")) {
           if (opt === "") continue;
           if (opt.startsWith("disable_acs_redir=")) {
+            disable = [];
             for (const d of opt.slice("disable_acs_redir=".length).split(";")) {
               if (d === "") continue;
               const m = parseDeviceMatch(d);
               if (m) disable.push(m);
-              else problems.push({ param: opt, message: `cannot parse "${d}" as a PCI device (disable_acs_redir)` });
+              else {
+                disable.push({ invalid: d });
+                problems.push({ param: opt, message: `cannot parse "${d}" as a PCI device (disable_acs_redir); entries after it are not reached` });
+              }
             }
-          } else if (opt.startsWith("config_acs=")) {
+          } else if (opt.startsWith("config_acs=") && opts.hasConfigAcs !== false) {
+            config = [];
             for (const e of opt.slice("config_acs=".length).split(";")) {
               if (e === "") continue;
               const at = e.indexOf("@");
-              if (at < 0) {
-                problems.push({ param: opt, message: `config_acs entry "${e}" has no "@<device>"` });
-                continue;
-              }
-              const bits = parseConfigAcsBits(e.slice(0, at));
-              const m = parseDeviceMatch(e.slice(at + 1));
-              if (!bits) problems.push({ param: opt, message: `config_acs entry "${e}": invalid flags` });
+              const bits = at < 0 ? null : parseConfigAcsBits(e.slice(0, at));
+              const m = at < 0 ? null : parseDeviceMatch(e.slice(at + 1));
+              if (at < 0) problems.push({ param: opt, message: `config_acs entry "${e}" has no "@<device>"` });
+              else if (!bits) problems.push({ param: opt, message: `config_acs entry "${e}": invalid flags` });
               else if (!m) problems.push({ param: opt, message: `config_acs entry "${e}": cannot parse the device` });
-              else config.push({ ...bits, match: m });
+              if (bits && m) config.push({ ...bits, match: m });
+              else config.push({ invalid: e });
             }
           } else if (opt === "noats") noats = true;
           else if (!KNOWN_PCI_OPTS.some((k) => opt === k || opt.startsWith(`${k}=`)))

@@ -27,7 +27,7 @@ export interface KernelProfile {
   readonly hostBridgeRootPortFallback: boolean;
   /** `enum pci_p2pdma_map_type` values. */
   readonly mapTypeEnum: Readonly<Partial<Record<MapTypeName, number>>>;
-  /** Word the kernel uses in its messages: 6.1 says "whitelist". */
+  /** Word the kernel's messages use ("whitelist" in 6.1 and in the current PCI tree). */
   readonly allowlistWord: "whitelist" | "allowlist";
   /**
    * `disable_acs_redir`: 6.1 clears RR|CR|EC from the current word (keeping the kernel's SV/UF);
@@ -85,7 +85,7 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     allowlist: ALLOWLIST_MAINLINE,
     hostBridgeRootPortFallback: true,
     mapTypeEnum: { unknown: 0, none: 1, "not-supported": 2, "bus-address": 3, "through-host-bridge": 4 },
-    allowlistWord: "allowlist",
+    allowlistWord: "whitelist",
     disableAcsRedirFrom: "firmware",
     hasConfigAcs: true,
     findNeedsPool: true,

@@ -6,7 +6,7 @@
 
 import type { PciFunction } from "../../hw/machine.ts";
 import { ACS } from "../../hw/config-space.ts";
-import type { DeviceMatch, ParsedCmdline } from "../cmdline.ts";
+import { type DeviceMatch, firstMatch, type ParsedCmdline } from "../cmdline.ts";
 import type { KernelProfile } from "../profile.ts";
 
 /** Bits pci_std_enable_acs() turns on where the capability has them. */
@@ -67,13 +67,13 @@ export function bootAcsCtrl(
     ctrl |= add;
     steps.push("IOMMU requested ACS: SV|RR|CR|UF enabled where capable");
   }
-  const disable = cmdline.disableAcsRedir.find((m) => deviceMatches(m, input.fn));
+  const disable = firstMatch(cmdline.disableAcsRedir, (m) => deviceMatches(m, input.fn));
   if (disable) {
     ctrl = profile.disableAcsRedirFrom === "current" ? ctrl & ~REDIR_BITS : input.firmware & ~REDIR_BITS;
     steps.push(`pci=disable_acs_redir=${disable.text}: RR|CR|EC cleared`);
   }
   if (profile.hasConfigAcs) {
-    const cfg = cmdline.configAcs.find((e) => deviceMatches(e.match, input.fn));
+    const cfg = firstMatch(cmdline.configAcs, (e) => deviceMatches(e.match, input.fn));
     if (cfg) {
       ctrl = (input.firmware & ~cfg.mask) | (cfg.flags & cfg.mask);
       steps.push(`pci=config_acs=...@${cfg.match.text}: recomputed from firmware`);

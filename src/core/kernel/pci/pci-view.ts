@@ -62,11 +62,13 @@ export function bootPci(machine: Machine, opts: PciViewOptions = {}): BootedPci 
     ...(machine.desc.cpu?.family !== undefined ? { family: machine.desc.cpu.family } : {}),
   };
   const capturedIommu = machine.desc.iommu?.mode;
-  const capturedCmdline = parseCmdline(machine.desc.cmdline ?? "");
-  const cmdline = opts.cmdline !== undefined ? parseCmdline(opts.cmdline) : capturedCmdline;
+  const cmdlineOpts = { hasConfigAcs: profile.hasConfigAcs };
+  const capturedCmdline = parseCmdline(machine.desc.cmdline ?? "", cmdlineOpts);
+  const cmdline = opts.cmdline !== undefined ? parseCmdline(opts.cmdline, cmdlineOpts) : capturedCmdline;
   let iommu: IommuMode | undefined = opts.iommu ?? capturedIommu;
   if (opts.iommu === undefined && opts.cmdline !== undefined) iommu = iommuFromCmdline(cmdline, cpu.vendor, capturedIommu);
-  const reboot = opts.iommu !== undefined || opts.cmdline !== undefined || opts.profile !== undefined;
+  // a live word already reflects the IOMMU and command line it booted with (spec §12)
+  const reboot = opts.iommu !== undefined || opts.cmdline !== undefined;
   const acsRequested = iommu === undefined ? undefined : iommu !== "off";
   const capturedRequested = capturedIommu === undefined ? undefined : capturedIommu !== "off";
 
