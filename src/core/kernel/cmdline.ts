@@ -10,7 +10,13 @@ import type { IommuMode } from "../hw/machine.ts";
 
 /** One `<dev>` of pci_dev_str_match(). */
 export type DeviceMatch =
-  | { readonly kind: "path"; readonly domain: number; readonly bus: number; readonly devfns: readonly number[]; readonly text: string }
+  | {
+      readonly kind: "path";
+      readonly domain: number;
+      readonly bus: number;
+      readonly devfns: readonly number[];
+      readonly text: string;
+    }
   | {
       readonly kind: "id";
       readonly vendor: number;
@@ -126,7 +132,10 @@ export function parseConfigAcsBits(bits: string): { mask: number; flags: number 
 }
 
 /** The first entry matching `matches`, as the kernel's per-device walk finds it; stops at a bad entry. */
-export function firstMatch<T extends object>(entries: readonly (T | InvalidEntry)[], matches: (e: T) => boolean): T | undefined {
+export function firstMatch<T extends object>(
+  entries: readonly (T | InvalidEntry)[],
+  matches: (e: T) => boolean,
+): T | undefined {
   for (const e of entries) {
     if ("invalid" in e) return undefined;
     if (matches(e)) return e;
@@ -157,7 +166,10 @@ export function parseCmdline(raw: string, opts: { hasConfigAcs?: boolean } = {})
               if (m) disable.push(m);
               else {
                 disable.push({ invalid: d });
-                problems.push({ param: opt, message: `cannot parse "${d}" as a PCI device (disable_acs_redir); entries after it are not reached` });
+                problems.push({
+                  param: opt,
+                  message: `cannot parse "${d}" as a PCI device (disable_acs_redir); entries after it are not reached`,
+                });
               }
             }
           } else if (opt.startsWith("config_acs=") && opts.hasConfigAcs !== false) {
@@ -167,15 +179,27 @@ export function parseCmdline(raw: string, opts: { hasConfigAcs?: boolean } = {})
               const at = e.indexOf("@");
               const bits = at < 0 ? null : parseConfigAcsBits(e.slice(0, at));
               const m = at < 0 ? null : parseDeviceMatch(e.slice(at + 1));
-              if (at < 0) problems.push({ param: opt, message: `config_acs entry "${e}" has no "@<device>"` });
-              else if (!bits) problems.push({ param: opt, message: `config_acs entry "${e}": invalid flags` });
-              else if (!m) problems.push({ param: opt, message: `config_acs entry "${e}": cannot parse the device` });
+              if (at < 0)
+                problems.push({
+                  param: opt,
+                  message: `config_acs entry "${e}" has no "@<device>"`,
+                });
+              else if (!bits)
+                problems.push({ param: opt, message: `config_acs entry "${e}": invalid flags` });
+              else if (!m)
+                problems.push({
+                  param: opt,
+                  message: `config_acs entry "${e}": cannot parse the device`,
+                });
               if (bits && m) config.push({ ...bits, match: m });
               else config.push({ invalid: e });
             }
           } else if (opt === "noats") noats = true;
           else if (!KNOWN_PCI_OPTS.some((k) => opt === k || opt.startsWith(`${k}=`)))
-            problems.push({ param: opt, message: `unknown pci= option "${opt}" (the kernel prints "PCI: Unknown option")` });
+            problems.push({
+              param: opt,
+              message: `unknown pci= option "${opt}" (the kernel prints "PCI: Unknown option")`,
+            });
         }
         break;
       case "intel_iommu":
@@ -209,19 +233,64 @@ export function parseCmdline(raw: string, opts: { hasConfigAcs?: boolean } = {})
 
 /** `pci=` options we do not model but the kernel accepts (so they are not reported unknown). */
 const KNOWN_PCI_OPTS = [
-  "nomsi", "noaer", "nommconf", "nomio", "noacpi", "nobar", "realloc", "assign-busses", "nocrs",
-  "use_crs", "bfsort", "nobfsort", "pcie_bus_perf", "pcie_bus_safe", "pcie_bus_tune_off", "pcie_bus_peer2peer",
-  "hpiosize", "hpmmiosize", "hpmmioprefsize", "hpmemsize", "hpbussize", "resource_alignment", "ecrc",
-  "pcie_scan_all", "big_root_window", "skip_isa_align", "noearly", "lastbus", "routeirq", "norom",
-  "conf1", "conf2", "nodomains", "noari", "check_enable_amd_mmconf", "nocheck_enable_amd_mmconf", "earlydump",
-  "irqmask", "pcie_port_pm", "hpmmiosize", "force_floating", "nopcie", "biosirq", "nobios", "rom", "cbiosize", "cbmemsize",
+  "nomsi",
+  "noaer",
+  "nommconf",
+  "nomio",
+  "noacpi",
+  "nobar",
+  "realloc",
+  "assign-busses",
+  "nocrs",
+  "use_crs",
+  "bfsort",
+  "nobfsort",
+  "pcie_bus_perf",
+  "pcie_bus_safe",
+  "pcie_bus_tune_off",
+  "pcie_bus_peer2peer",
+  "hpiosize",
+  "hpmmiosize",
+  "hpmmioprefsize",
+  "hpmemsize",
+  "hpbussize",
+  "resource_alignment",
+  "ecrc",
+  "pcie_scan_all",
+  "big_root_window",
+  "skip_isa_align",
+  "noearly",
+  "lastbus",
+  "routeirq",
+  "norom",
+  "conf1",
+  "conf2",
+  "nodomains",
+  "noari",
+  "check_enable_amd_mmconf",
+  "nocheck_enable_amd_mmconf",
+  "earlydump",
+  "irqmask",
+  "pcie_port_pm",
+  "hpmmiosize",
+  "force_floating",
+  "nopcie",
+  "biosirq",
+  "nobios",
+  "rom",
+  "cbiosize",
+  "cbmemsize",
 ];
 
 /**
  * The IOMMU mode a command line leads to, starting from what the machine had (`base`). Which
  * IOMMU is on by default is a build choice, so without an explicit switch the base stands.
  */
-export function iommuFromCmdline(c: ParsedCmdline, cpuVendor: string | undefined, base: IommuMode | undefined): IommuMode | undefined {
+export function iommuFromCmdline(
+  c: ParsedCmdline,
+  cpuVendor: string | undefined,
+  base: IommuMode | undefined,
+): IommuMode | undefined {
   if (c.iommu.off) return "off";
   const amd = cpuVendor === "AuthenticAMD" || cpuVendor === "HygonGenuine";
   const sw = amd ? c.iommu.amd : c.iommu.intel;

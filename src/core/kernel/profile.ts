@@ -16,7 +16,12 @@ export interface AllowlistEntry {
   readonly flags: number;
 }
 
-export type MapTypeName = "unknown" | "none" | "not-supported" | "bus-address" | "through-host-bridge";
+export type MapTypeName =
+  | "unknown"
+  | "none"
+  | "not-supported"
+  | "bus-address"
+  | "through-host-bridge";
 
 export interface KernelProfile {
   readonly id: "6.1" | "mainline";
@@ -56,14 +61,20 @@ const ALLOWLIST_61: AllowlistEntry[] = [
 const ALLOWLIST_MAINLINE: AllowlistEntry[] = [
   ...ALLOWLIST_61,
   // Intel DSA/IAX/QAT devices that sit at 00.0 of their own root buses
-  ...[0x0b25, 0x0cfe, 0x11fb, 0x1212, 0x1216, 0x4940, 0x4942, 0x4944, 0x4946, 0x4948].map((device) => ({
-    vendor: 0x8086,
-    device,
-    flags: 0,
-  })),
+  ...[0x0b25, 0x0cfe, 0x11fb, 0x1212, 0x1216, 0x4940, 0x4942, 0x4944, 0x4946, 0x4948].map(
+    (device) => ({
+      vendor: 0x8086,
+      device,
+      flags: 0,
+    }),
+  ),
   { vendor: 0x1ae0, device: ANY_DEVICE, flags: 0 }, // Google SoCs
   ...[0x2f95, 0x2f96, 0x2f97, 0x2f98].map((device) => ({ vendor: 0x10de, device, flags: 0 })),
-  ...[0x1003, 0x1005, 0x1006, 0x1007].map((device) => ({ vendor: 0x1d17, device, flags: REQ_SAME_HOST_BRIDGE })),
+  ...[0x1003, 0x1005, 0x1006, 0x1007].map((device) => ({
+    vendor: 0x1d17,
+    device,
+    flags: REQ_SAME_HOST_BRIDGE,
+  })),
   { vendor: 0x1d17, device: 0x1008, flags: 0 },
 ];
 
@@ -84,7 +95,13 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     description: "current mainline (PCI tree, 2026)",
     allowlist: ALLOWLIST_MAINLINE,
     hostBridgeRootPortFallback: true,
-    mapTypeEnum: { unknown: 0, none: 1, "not-supported": 2, "bus-address": 3, "through-host-bridge": 4 },
+    mapTypeEnum: {
+      unknown: 0,
+      none: 1,
+      "not-supported": 2,
+      "bus-address": 3,
+      "through-host-bridge": 4,
+    },
     allowlistWord: "whitelist",
     disableAcsRedirFrom: "firmware",
     hasConfigAcs: true,

@@ -287,23 +287,18 @@ describe("pci.c per-device parameter walk", () => {
   const dsp0 = f("02:00.0");
   const dsp1 = f("02:01.0");
 
-  it(
-    "config_acs: an invalid entry reached before the match ignores the parameter (§7.3 'the whole parameter is ignored')",
-    () =>
-      assert.equal(
-        ctrl(dsp0, 0, true, "pci=config_acs=1y0@0000:02:01.0;1x0@0000:02:00.0", MAIN),
-        0x001d,
-      ),
-  );
+  it("config_acs: an invalid entry reached before the match ignores the parameter (§7.3 'the whole parameter is ignored')", () =>
+    assert.equal(
+      ctrl(dsp0, 0, true, "pci=config_acs=1y0@0000:02:01.0;1x0@0000:02:00.0", MAIN),
+      0x001d,
+    ));
 
   it("config_acs: an invalid entry after the match does not stop that device", () =>
     assert.equal(ctrl(dsp0, 0, true, "pci=config_acs=1x0@0000:02:00.0;1y0@0000:02:01.0", MAIN), 4));
 
   for (const p of BOTH)
-    it(
-      `[${p.id}] disable_acs_redir: an unparsable entry ends the walk (pci_dev_str_match < 0 → break)`,
-      () => assert.equal(ctrl(dsp1, 0, true, "pci=disable_acs_redir=zz;0000:02:01.0", p), 0x001d),
-    );
+    it(`[${p.id}] disable_acs_redir: an unparsable entry ends the walk (pci_dev_str_match < 0 → break)`, () =>
+      assert.equal(ctrl(dsp1, 0, true, "pci=disable_acs_redir=zz;0000:02:01.0", p), 0x001d));
 
   for (const p of BOTH)
     it(`[${p.id}] a second pci=disable_acs_redir= replaces the first (pci_setup stores one pointer)`, () => {

@@ -4,8 +4,8 @@
  * when an IOMMU driver called pci_request_acs(), then `disable_acs_redir` / `config_acs`.
  */
 
-import type { PciFunction } from "../../hw/machine.ts";
 import { ACS } from "../../hw/config-space.ts";
+import type { PciFunction } from "../../hw/machine.ts";
 import { type DeviceMatch, firstMatch, type ParsedCmdline } from "../cmdline.ts";
 import type { KernelProfile } from "../profile.ts";
 
@@ -69,7 +69,8 @@ export function bootAcsCtrl(
   }
   const disable = firstMatch(cmdline.disableAcsRedir, (m) => deviceMatches(m, input.fn));
   if (disable) {
-    ctrl = profile.disableAcsRedirFrom === "current" ? ctrl & ~REDIR_BITS : input.firmware & ~REDIR_BITS;
+    ctrl =
+      profile.disableAcsRedirFrom === "current" ? ctrl & ~REDIR_BITS : input.firmware & ~REDIR_BITS;
     steps.push(`pci=disable_acs_redir=${disable.text}: RR|CR|EC cleared`);
   }
   if (profile.hasConfigAcs) {

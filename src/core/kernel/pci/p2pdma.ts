@@ -6,9 +6,14 @@
  */
 
 import { devfn } from "../../hw/bdf.ts";
-import type { Machine, PciFunction } from "../../hw/machine.ts";
 import { ACS } from "../../hw/config-space.ts";
-import { ANY_DEVICE, type KernelProfile, type MapTypeName, REQ_SAME_HOST_BRIDGE } from "../profile.ts";
+import type { Machine, PciFunction } from "../../hw/machine.ts";
+import {
+  ANY_DEVICE,
+  type KernelProfile,
+  type MapTypeName,
+  REQ_SAME_HOST_BRIDGE,
+} from "../profile.ts";
 
 export type P2pMapType = "not-supported" | "bus-address" | "through-host-bridge";
 
@@ -44,7 +49,11 @@ export interface HostBridgeCheck {
   readonly representative: string | null;
   readonly representativeId: string | null;
   readonly allowed: boolean;
-  readonly reason: "allowlisted" | "not-allowlisted" | "requires-same-host-bridge" | "no-representative";
+  readonly reason:
+    | "allowlisted"
+    | "not-allowlisted"
+    | "requires-same-host-bridge"
+    | "no-representative";
 }
 
 export interface CalcResult {
@@ -103,17 +112,42 @@ export function hostBridgeRepresentative(view: PciView, fn: PciFunction): PciFun
 function checkHostBridge(view: PciView, fn: PciFunction, sameHostBridge: boolean): HostBridgeCheck {
   const hb = `pci${fn.hostBridge.id}`;
   const rep = hostBridgeRepresentative(view, fn);
-  if (!rep) return { hostBridge: hb, representative: null, representativeId: null, allowed: false, reason: "no-representative" };
+  if (!rep)
+    return {
+      hostBridge: hb,
+      representative: null,
+      representativeId: null,
+      allowed: false,
+      reason: "no-representative",
+    };
   const id = `${hex4(rep.desc.vendor)}:${hex4(rep.desc.device)}`;
   for (const e of view.profile.allowlist) {
     if (e.vendor !== rep.desc.vendor) continue;
     if (e.device !== ANY_DEVICE && e.device !== rep.desc.device) continue;
     const needSame = (e.flags & REQ_SAME_HOST_BRIDGE) !== 0;
     if (needSame && !sameHostBridge)
-      return { hostBridge: hb, representative: rep.name, representativeId: id, allowed: false, reason: "requires-same-host-bridge" };
-    return { hostBridge: hb, representative: rep.name, representativeId: id, allowed: true, reason: "allowlisted" };
+      return {
+        hostBridge: hb,
+        representative: rep.name,
+        representativeId: id,
+        allowed: false,
+        reason: "requires-same-host-bridge",
+      };
+    return {
+      hostBridge: hb,
+      representative: rep.name,
+      representativeId: id,
+      allowed: true,
+      reason: "allowlisted",
+    };
   }
-  return { hostBridge: hb, representative: rep.name, representativeId: id, allowed: false, reason: "not-allowlisted" };
+  return {
+    hostBridge: hb,
+    representative: rep.name,
+    representativeId: id,
+    allowed: false,
+    reason: "not-allowlisted",
+  };
 }
 
 /** `host_bridge_whitelist()`: one check when both share a host bridge, else both must pass. */
@@ -129,7 +163,9 @@ export function hostBridgeAllowed(
     checks.push(c);
     if (!c.allowed && c.reason === "not-allowlisted" && warn && c.representative) {
       const rep = view.machine.byBdf(c.representative)!;
-      messages.push(`${devPrefix(rep)}: Host bridge not in P2PDMA ${view.profile.allowlistWord}: ${c.representativeId}`);
+      messages.push(
+        `${devPrefix(rep)}: Host bridge not in P2PDMA ${view.profile.allowlistWord}: ${c.representativeId}`,
+      );
     }
     return c.allowed;
   };
@@ -139,7 +175,12 @@ export function hostBridgeAllowed(
 }
 
 /** `pci_bridge_has_acs_redir()` on any node: RR, CR or EC set in the live control word. */
-function redirects(view: PciView, fn: PciFunction, assume: Assumptions, unknown: PciFunction[]): boolean {
+function redirects(
+  view: PciView,
+  fn: PciFunction,
+  assume: Assumptions,
+  unknown: PciFunction[],
+): boolean {
   const ctrl = view.acsCtrl(fn);
   if (ctrl === null) return false;
   if (ctrl === undefined) {
@@ -201,7 +242,9 @@ export function calcMapTypeAndDist(
       done = true;
     } else {
       if (verbose) {
-        messages.push(`${devPrefix(client)}: ACS redirect is set between the client and provider (${provider.name})`);
+        messages.push(
+          `${devPrefix(client)}: ACS redirect is set between the client and provider (${provider.name})`,
+        );
         messages.push(
           `${devPrefix(client)}: to disable ACS redirect for this path, add the kernel parameter: pci=disable_acs_redir=${acsHintList(hits.map((h) => h.name))}`,
         );
@@ -228,7 +271,17 @@ export function calcMapTypeAndDist(
       }
     }
   }
-  return { mapType, distance, common, acsRedirect: hits, tested, unknownAcs: unknown, cpuSupports: cpu, hostBridges, messages };
+  return {
+    mapType,
+    distance,
+    common,
+    acsRedirect: hits,
+    tested,
+    unknownAcs: unknown,
+    cpuSupports: cpu,
+    hostBridges,
+    messages,
+  };
 }
 
 /** Per-provider map-type cache (`p2pdma->map_types`), keyed by the client's domain/bus/devfn. */
@@ -270,7 +323,12 @@ export class P2pdma {
   }
 
   /** calc + cache write-back, as every caller in the kernel does. */
-  calc(provider: PciFunction, client: PciFunction, verbose: boolean, assume?: Assumptions): CalcResult {
+  calc(
+    provider: PciFunction,
+    client: PciFunction,
+    verbose: boolean,
+    assume?: Assumptions,
+  ): CalcResult {
     const r = calcMapTypeAndDist(this.view, provider, client, verbose, assume);
     if (this.view.hasP2pdmaState(provider)) this.cache.store(provider, client, r.mapType);
     if (verbose) this.log.push(...r.messages);
@@ -278,7 +336,11 @@ export class P2pdma {
   }
 
   /** Models pci_p2pdma_distance_many(); clients are PCI functions (null = a non-PCI device). */
-  distanceMany(provider: PciFunction, clients: readonly (PciFunction | null)[], verbose: boolean): number {
+  distanceMany(
+    provider: PciFunction,
+    clients: readonly (PciFunction | null)[],
+    verbose: boolean,
+  ): number {
     if (clients.length === 0) return -1;
     let total = 0;
     let bad = false;
@@ -305,7 +367,10 @@ export class P2pdma {
    * Models pci_p2pmem_find_many(): every published provider at the smallest total distance, in
    * `for_each_pci_dev` order. The kernel picks one uniformly at random; `pick` takes the seed.
    */
-  findManyCandidates(clients: readonly (PciFunction | null)[]): { best: number; candidates: PciFunction[] } {
+  findManyCandidates(clients: readonly (PciFunction | null)[]): {
+    best: number;
+    candidates: PciFunction[];
+  } {
     let best = Number.MAX_SAFE_INTEGER;
     let cands: PciFunction[] = [];
     for (const p of this.view.machine.functions) {
@@ -332,4 +397,3 @@ export class P2pdma {
 export function mapTypeEnumValue(profile: KernelProfile, t: MapTypeName): number | undefined {
   return profile.mapTypeEnum[t];
 }
-

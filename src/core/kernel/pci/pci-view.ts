@@ -5,7 +5,7 @@
  * (another kernel, CPU, IOMMU mode, command line, ACS bits) re-boot the view from the capture.
  */
 
-import { parseBdf, formatBdf } from "../../hw/bdf.ts";
+import { formatBdf, parseBdf } from "../../hw/bdf.ts";
 import { ACS } from "../../hw/config-space.ts";
 import type { IommuMode, Machine, PciFunction } from "../../hw/machine.ts";
 import { iommuFromCmdline, type ParsedCmdline, parseCmdline } from "../cmdline.ts";
@@ -55,8 +55,13 @@ export interface BootedPci extends PciView {
 export class UnknownProfileError extends Error {}
 
 export function bootPci(machine: Machine, opts: PciViewOptions = {}): BootedPci {
-  const profile: KernelProfile | undefined = kernelProfile(opts.profile ?? machine.desc.kernel?.profile ?? DEFAULT_PROFILE);
-  if (!profile) throw new UnknownProfileError(`unknown kernel profile "${opts.profile}" (known: 6.1, mainline)`);
+  const profile: KernelProfile | undefined = kernelProfile(
+    opts.profile ?? machine.desc.kernel?.profile ?? DEFAULT_PROFILE,
+  );
+  if (!profile)
+    throw new UnknownProfileError(
+      `unknown kernel profile "${opts.profile}" (known: 6.1, mainline)`,
+    );
   const cpu: CpuIdentity = opts.cpu ?? {
     ...(machine.desc.cpu?.vendor !== undefined ? { vendor: machine.desc.cpu.vendor } : {}),
     ...(machine.desc.cpu?.family !== undefined ? { family: machine.desc.cpu.family } : {}),
@@ -64,9 +69,11 @@ export function bootPci(machine: Machine, opts: PciViewOptions = {}): BootedPci 
   const capturedIommu = machine.desc.iommu?.mode;
   const cmdlineOpts = { hasConfigAcs: profile.hasConfigAcs };
   const capturedCmdline = parseCmdline(machine.desc.cmdline ?? "", cmdlineOpts);
-  const cmdline = opts.cmdline !== undefined ? parseCmdline(opts.cmdline, cmdlineOpts) : capturedCmdline;
+  const cmdline =
+    opts.cmdline !== undefined ? parseCmdline(opts.cmdline, cmdlineOpts) : capturedCmdline;
   let iommu: IommuMode | undefined = opts.iommu ?? capturedIommu;
-  if (opts.iommu === undefined && opts.cmdline !== undefined) iommu = iommuFromCmdline(cmdline, cpu.vendor, capturedIommu);
+  if (opts.iommu === undefined && opts.cmdline !== undefined)
+    iommu = iommuFromCmdline(cmdline, cpu.vendor, capturedIommu);
   // a live word already reflects the IOMMU and command line it booted with (spec §12)
   const reboot = opts.iommu !== undefined || opts.cmdline !== undefined;
   const acsRequested = iommu === undefined ? undefined : iommu !== "off";
@@ -105,7 +112,11 @@ export function bootPci(machine: Machine, opts: PciViewOptions = {}): BootedPci 
     }
     if (acsRequested === undefined) {
       ctrl.set(fn, undefined);
-      origin.set(fn, { source: "unknown", steps: [], assumption: "IOMMU state unknown, so the kernel's ACS setting is unknown" });
+      origin.set(fn, {
+        source: "unknown",
+        steps: [],
+        assumption: "IOMMU state unknown, so the kernel's ACS setting is unknown",
+      });
       continue;
     }
     const r = bootAcsCtrl({ fn, cap: acs.cap, firmware }, acsRequested, cmdline, profile);
@@ -132,7 +143,8 @@ export function bootPci(machine: Machine, opts: PciViewOptions = {}): BootedPci 
     acsOrigin: (fn) => origin.get(fn) ?? { source: "unknown", steps: [] },
     hasP2pdmaState: (fn) => fn.desc.p2pmem !== undefined || extraState.has(fn.name),
     hasPublishedP2pmem: (fn) =>
-      (fn.desc.p2pmem?.published === true && (!profile.findNeedsPool || fn.desc.p2pmem.size > 0n)) ||
+      (fn.desc.p2pmem?.published === true &&
+        (!profile.findNeedsPool || fn.desc.p2pmem.size > 0n)) ||
       extraPublished.has(fn.name),
   };
 }
