@@ -284,28 +284,38 @@ function readFunction(
   root: string,
 ): { desc: FunctionDescription; iommuType?: string } {
   const d = f.dir;
-  const file = (n: string) => readText(src, `${d}/${n}`);
+  // one listing per function: most optional attributes are absent, and absent reads are costly
+  const present = new Set(src.list(d) ?? []);
+  const file = (n: string) => {
+    const slash = n.indexOf("/");
+    if (!present.has(slash < 0 ? n : n.slice(0, slash))) return null;
+    return readText(src, `${d}/${n}`);
+  };
   const place = (n: string) => ({ file: src.label, place: `${d}/${n}` });
-  const rawConfig = src.readFile(`${d}/config`);
+  const rawConfig = present.has("config") ? src.readFile(`${d}/config`) : null;
   const cfg = rawConfig && rawConfig.length >= 64 ? parseConfigSpace(rawConfig) : null;
-  const vendor = hexNum(file("vendor")) ?? cfg?.vendor;
-  const device = hexNum(file("device")) ?? cfg?.device;
-  const classCode = hexNum(file("class")) ?? cfg?.classCode;
+  // config space already holds the IDs (the sysfs files repeat them), except for VFs, whose
+  // config reads 0xffff there as the PCIe spec requires
+  const ids = cfg !== null && cfg.vendor !== 0xffff ? cfg : null;
+  const fromFile = (n: string, v: number | undefined) => (ids ? v : (hexNum(file(n)) ?? v));
+  const vendor = fromFile("vendor", cfg?.vendor);
+  const device = fromFile("device", cfg?.device);
+  const classCode = fromFile("class", cfg?.classCode);
   if (classCode === undefined)
     throw new InputError(
       place("class"),
       `function ${f.bdf} has no readable class (neither the file nor config space)`,
     );
-  const subsystemVendor = hexNum(file("subsystem_vendor")) ?? cfg?.subsystemVendor;
-  const subsystemDevice = hexNum(file("subsystem_device")) ?? cfg?.subsystemDevice;
-  const revision = hexNum(file("revision")) ?? cfg?.revision;
+  const subsystemVendor = fromFile("subsystem_vendor", cfg?.subsystemVendor);
+  const subsystemDevice = fromFile("subsystem_device", cfg?.subsystemDevice);
+  const revision = fromFile("revision", cfg?.revision);
   const resource = file("resource");
   const bars =
     resource !== null ? parseResourceFile(resource, `${src.label}: ${d}/resource`) : undefined;
   const numa = decNum(file("numa_node"));
-  const group = linkBase(src, `${d}/iommu_group`);
-  const driver = linkBase(src, `${d}/driver`);
-  const physfnT = src.readLink(`${d}/physfn`);
+  const group = present.has("iommu_group") ? linkBase(src, `${d}/iommu_group`) : null;
+  const driver = present.has("driver") ? linkBase(src, `${d}/driver`) : null;
+  const physfnT = present.has("physfn") ? src.readLink(`${d}/physfn`) : null;
   const physfn = physfnT !== null ? parseBdf(basename(physfnT.replace(/\/+$/, ""))) : null;
   const link: { -readonly [K in keyof LinkDescription]: LinkDescription[K] } = {};
   const ms = file("max_link_speed");
@@ -330,8 +340,8 @@ function readFunction(
     link.speed = cfg.pcie.linkStatus.speed;
     link.width ??= cfg.pcie.linkStatus.width;
   }
-  const sec = decNum(file("secondary_bus_number")) ?? cfg?.secondaryBus;
-  const sub = decNum(file("subordinate_bus_number")) ?? cfg?.subordinateBus;
+  const sec = cfg?.secondaryBus ?? decNum(file("secondary_bus_number"));
+  const sub = cfg?.subordinateBus ?? decNum(file("subordinate_bus_number"));
   const total = decNum(file("sriov_totalvfs"));
   const num = decNum(file("sriov_numvfs"));
   const p2pSize = decNum(file("p2pmem/size"));
@@ -367,7 +377,7 @@ function readFunction(
     ...(bars !== undefined ? { bars } : {}),
     ...(numa !== undefined ? { numaNode: numa < 0 ? null : numa } : {}),
     ...(group !== null ? { iommuGroup: Number.parseInt(group, 10) } : {}),
-    ...(src.kind(`${d}/driver`) !== null || driver !== null ? { driver } : {}),
+    ...(present.has("driver") || driver !== null ? { driver } : {}),
     ...(acs !== undefined ? { acs } : {}),
     ...(total !== undefined
       ? { sriov: { totalVfs: total, numVfs: num ?? 0 } }
