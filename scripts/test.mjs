@@ -22,6 +22,4 @@ if (only.length === 0) {
   if (run("npx", ["biome", "check", "."]) !== 0) process.exit(1);
 }
 const files = only.length > 0 ? only : [...find("src"), ...find("test")].sort();
-process.exit(
-  run(process.execPath, ["--import", "tsx", "--test", ...files]),
-);
+process.exit(run(process.execPath, ["--import", "tsx", "--test", ...files]));

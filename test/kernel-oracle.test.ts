@@ -36,14 +36,19 @@ const topologies = readdirSync(ROOT, { withFileTypes: true })
   .sort();
 
 describe("kernel oracle (Linux 6.1.192 under QEMU)", () => {
-  it("has the captures", () => assert.ok(topologies.length >= 18, `only ${topologies.length} topologies`));
+  it("has the captures", () =>
+    assert.ok(topologies.length >= 18, `only ${topologies.length} topologies`));
 
   for (const name of topologies) {
     it(name, async () => {
       const dir = new URL(`${name}/`, ROOT);
       const desc = await loadInput([new URL("sysfs.tar.gz", dir).pathname]);
       const machine = buildMachine(desc);
-      const registered = new Set(tsv(dir, "registrations.tsv").filter((r) => r["rc"] === "0").map((r) => r["bdf"]!));
+      const registered = new Set(
+        tsv(dir, "registrations.tsv")
+          .filter((r) => r["rc"] === "0")
+          .map((r) => r["bdf"]!),
+      );
       const view = bootPci(machine, { p2pdmaState: registered });
       const fn = (bdf: string): PciFunction => {
         const f = machine.byBdf(bdf);
@@ -59,14 +64,19 @@ describe("kernel oracle (Linux 6.1.192 under QEMU)", () => {
         const c = fn(row["client"]!);
         const d = k.distanceMany(p, [c], true);
         const pair = `${p.name} -> ${c.name}`;
-        if (d !== Number(row["distance"])) mismatches.push(`${pair}: distance ${d}, kernel ${row["distance"]}`);
+        if (d !== Number(row["distance"]))
+          mismatches.push(`${pair}: distance ${d}, kernel ${row["distance"]}`);
         const mt = row["map_type"]!;
         const cached = k.cache.lookup(p, c);
         if (mt === "NA") {
-          if (cached !== undefined) mismatches.push(`${pair}: we cached a map type, the kernel had no p2pdma state`);
+          if (cached !== undefined)
+            mismatches.push(`${pair}: we cached a map type, the kernel had no p2pdma state`);
         } else if (cached !== MAP[mt]) mismatches.push(`${pair}: map type ${cached}, kernel ${mt}`);
         const msgs = k.log.join(" | ") || "-";
-        if (msgs !== row["kernel_messages"]) mismatches.push(`${pair}: messages\n  ours:   ${msgs}\n  kernel: ${row["kernel_messages"]}`);
+        if (msgs !== row["kernel_messages"])
+          mismatches.push(
+            `${pair}: messages\n  ours:   ${msgs}\n  kernel: ${row["kernel_messages"]}`,
+          );
       }
       assert.deepEqual(mismatches.slice(0, 10), [], `${mismatches.length} mismatches`);
 
@@ -75,9 +85,14 @@ describe("kernel oracle (Linux 6.1.192 under QEMU)", () => {
       for (const row of tsv(dir, "many.tsv")) {
         const p = fn(row["provider"]!);
         const clients = queried.filter((b) => b !== p.name).map(fn);
-        assert.equal(clients.length, Number(row["num_clients"]), `${name}: client list size for ${p.name}`);
+        assert.equal(
+          clients.length,
+          Number(row["num_clients"]),
+          `${name}: client list size for ${p.name}`,
+        );
         const d = new P2pdma(view).distanceMany(p, clients, false);
-        if (d !== Number(row["distance_many_all_others"])) mismatches.push(`${p.name}: many ${d}, kernel ${row["distance_many_all_others"]}`);
+        if (d !== Number(row["distance_many_all_others"]))
+          mismatches.push(`${p.name}: many ${d}, kernel ${row["distance_many_all_others"]}`);
       }
       for (const row of tsv(dir, "find.tsv")) {
         const c = fn(row["client"]!);
@@ -85,7 +100,9 @@ describe("kernel oracle (Linux 6.1.192 under QEMU)", () => {
         const want = row["pci_p2pmem_find_many"]!;
         const names = candidates.map((x) => x.name);
         if (want === "-" ? names.length > 0 : !names.includes(want))
-          mismatches.push(`find_many([${c.name}]): candidates [${names.join(", ")}], kernel picked ${want}`);
+          mismatches.push(
+            `find_many([${c.name}]): candidates [${names.join(", ")}], kernel picked ${want}`,
+          );
       }
       assert.deepEqual(mismatches.slice(0, 10), [], `${mismatches.length} mismatches`);
     });

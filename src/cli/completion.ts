@@ -40,17 +40,24 @@ export function completionScript(program: Command, shell: "bash" | "zsh" | "fish
         else if (o.file) line += " -r -F";
         lines.push(line);
       }
-    lines.push(`complete -c peerbuf -n '__fish_seen_subcommand_from completion' -x -a 'bash zsh fish'`);
+    lines.push(
+      `complete -c peerbuf -n '__fish_seen_subcommand_from completion' -x -a 'bash zsh fish'`,
+    );
     return lines.join("\n");
   }
   const cases = cmds
     .map((c) => {
       const choices = c.options
         .filter((o) => o.choices)
-        .map((o) => `      ${o.flags.join("|")}) COMPREPLY=( $(compgen -W "${o.choices!.join(" ")}" -- "$cur") ); return ;;`)
+        .map(
+          (o) =>
+            `      ${o.flags.join("|")}) COMPREPLY=( $(compgen -W "${o.choices!.join(" ")}" -- "$cur") ); return ;;`,
+        )
         .join("\n");
       const files = c.options.filter((o) => o.file).map((o) => o.flags.join("|"));
-      const fileCase = files.length ? `      ${files.join("|")}) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;\n` : "";
+      const fileCase = files.length
+        ? `      ${files.join("|")}) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;\n`
+        : "";
       const extra = c.name === "completion" ? " bash zsh fish" : "";
       return `    ${c.name})\n      case "$prev" in\n${fileCase}${choices}\n      esac\n      COMPREPLY=( $(compgen -W "${c.options.flatMap((o) => o.flags).join(" ")}${extra}" -- "$cur") ) ;;`;
     })

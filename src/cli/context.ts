@@ -4,14 +4,25 @@
  * view with the what-if options, and resolve device names.
  */
 
-import { parseAcsBits } from "../core/hw/config-space.ts";
-import { buildMachine, type IommuMode, type Machine, type MachineDescription, type PciFunction } from "../core/hw/machine.ts";
-import { parseBdf, formatBdf } from "../core/hw/bdf.ts";
-import { type BootedPci, bootPci, CPU_PRESETS, UnknownProfileError } from "../core/kernel/pci/pci-view.ts";
-import { PROFILES } from "../core/kernel/profile.ts";
 import { kindIndex, kindOf } from "../core/analysis/kinds.ts";
 import type { Names } from "../core/analysis/tree.ts";
 import { TopologyError } from "../core/errors.ts";
+import { formatBdf, parseBdf } from "../core/hw/bdf.ts";
+import { parseAcsBits } from "../core/hw/config-space.ts";
+import {
+  buildMachine,
+  type IommuMode,
+  type Machine,
+  type MachineDescription,
+  type PciFunction,
+} from "../core/hw/machine.ts";
+import {
+  type BootedPci,
+  bootPci,
+  CPU_PRESETS,
+  UnknownProfileError,
+} from "../core/kernel/pci/pci-view.ts";
+import { PROFILES } from "../core/kernel/profile.ts";
 import { loadInput } from "../node/load-input.ts";
 import { systemNames } from "../node/names.ts";
 import { UsageError } from "./io.ts";
@@ -45,16 +56,25 @@ export function contextFor(desc: MachineDescription, w: WhatIf, inputs?: string[
   try {
     machine = buildMachine(desc);
   } catch (e) {
-    if (e instanceof TopologyError) throw new UsageError(`${inputs?.join(", ") ?? "input"}: ${e.message}`);
+    if (e instanceof TopologyError)
+      throw new UsageError(`${inputs?.join(", ") ?? "input"}: ${e.message}`);
     throw e;
   }
   if (w.kernel !== undefined && !(w.kernel in PROFILES))
-    throw new UsageError(`unknown kernel profile "${w.kernel}" (known: ${Object.keys(PROFILES).join(", ")})`);
+    throw new UsageError(
+      `unknown kernel profile "${w.kernel}" (known: ${Object.keys(PROFILES).join(", ")})`,
+    );
   let cpu: { vendor?: string; family?: number } | undefined;
   if (w.cpu !== undefined) {
     const preset = CPU_PRESETS[w.cpu];
-    if (!preset) throw new UsageError(`unknown --cpu "${w.cpu}" (known: ${Object.keys(CPU_PRESETS).join(", ")})`);
-    cpu = { ...(preset.vendor ? { vendor: preset.vendor } : {}), ...(preset.family !== undefined ? { family: preset.family } : {}) };
+    if (!preset)
+      throw new UsageError(
+        `unknown --cpu "${w.cpu}" (known: ${Object.keys(CPU_PRESETS).join(", ")})`,
+      );
+    cpu = {
+      ...(preset.vendor ? { vendor: preset.vendor } : {}),
+      ...(preset.family !== undefined ? { family: preset.family } : {}),
+    };
   }
   if (w.iommu !== undefined && !(IOMMU_CHOICES as readonly string[]).includes(w.iommu))
     throw new UsageError(`unknown --iommu "${w.iommu}" (known: ${IOMMU_CHOICES.join(", ")})`);
@@ -63,7 +83,10 @@ export function contextFor(desc: MachineDescription, w: WhatIf, inputs?: string[
     const eq = s.indexOf("=");
     const bdf = eq > 0 ? parseBdf(s.slice(0, eq)) : null;
     const bits = eq > 0 ? parseAcsBits(s.slice(eq + 1)) : null;
-    if (!bdf || bits === null) throw new UsageError(`--set-acs "${s}": expected BDF=bits, e.g. 0000:02:00.0=0x1d or 02:00.0=SV,UF`);
+    if (!bdf || bits === null)
+      throw new UsageError(
+        `--set-acs "${s}": expected BDF=bits, e.g. 0000:02:00.0=0x1d or 02:00.0=SV,UF`,
+      );
     const name = formatBdf(bdf);
     if (!machine.byBdf(name)) throw new UsageError(`--set-acs: ${name} is not in the machine`);
     setAcs.set(name, bits);
@@ -84,7 +107,10 @@ export function contextFor(desc: MachineDescription, w: WhatIf, inputs?: string[
   const names = systemNames();
   const nameOf = (f: PciFunction): string => {
     const d = f.desc;
-    const dev = (d.vendor !== undefined && d.device !== undefined ? names.device(d.vendor, d.device) : undefined) ?? d.deviceName;
+    const dev =
+      (d.vendor !== undefined && d.device !== undefined
+        ? names.device(d.vendor, d.device)
+        : undefined) ?? d.deviceName;
     const ven = (d.vendor !== undefined ? names.vendor(d.vendor) : undefined) ?? d.vendorName;
     return [ven, dev].filter(Boolean).join(" ");
   };
@@ -118,13 +144,18 @@ export function resolveDevice(ctx: Context, text: string): PciFunction {
   const labels = kindIndex(ctx.machine.functions);
   for (const [f, l] of labels) if (l === text.toLowerCase()) return f;
   const needle = text.toLowerCase();
-  const matches = ctx.machine.functions.filter((f) => ctx.nameOf(f).toLowerCase().includes(needle) || f.desc.driver === text);
+  const matches = ctx.machine.functions.filter(
+    (f) => ctx.nameOf(f).toLowerCase().includes(needle) || f.desc.driver === text,
+  );
   if (matches.length === 1) return matches[0]!;
   if (matches.length > 1) {
     const nonBridge = matches.filter((f) => !f.isBridge);
     if (nonBridge.length === 1) return nonBridge[0]!;
     throw new UsageError(
-      `"${text}" is ambiguous; it matches:\n${matches.slice(0, 12).map((f) => `  ${f.name}  ${labels.get(f)}  ${ctx.nameOf(f)}`).join("\n")}${matches.length > 12 ? `\n  … and ${matches.length - 12} more` : ""}`,
+      `"${text}" is ambiguous; it matches:\n${matches
+        .slice(0, 12)
+        .map((f) => `  ${f.name}  ${labels.get(f)}  ${ctx.nameOf(f)}`)
+        .join("\n")}${matches.length > 12 ? `\n  … and ${matches.length - 12} more` : ""}`,
     );
   }
   throw new UsageError(`no device matches "${text}"${suggest(ctx, text)}`);
@@ -137,7 +168,10 @@ function suggest(ctx: Context, text: string): string {
     .filter((f) => !f.isBridge)
     .map((f) => {
       const cands = [f.name, f.name.slice(5), labels.get(f)!, ctx.nameOf(f).toLowerCase()];
-      return { f, d: Math.min(...cands.map((c) => distance(t, c.slice(0, Math.max(t.length, 1) + 2)))) };
+      return {
+        f,
+        d: Math.min(...cands.map((c) => distance(t, c.slice(0, Math.max(t.length, 1) + 2)))),
+      };
     })
     .sort((a, b) => a.d - b.d)
     .slice(0, 5);

@@ -5,8 +5,8 @@
  */
 
 import { createColors } from "picocolors";
-import { InputError, PeerbufError } from "../core/errors.ts";
 import type { Finding } from "../core/analysis/findings.ts";
+import { InputError, PeerbufError } from "../core/errors.ts";
 import { EXIT } from "./exit-codes.ts";
 
 export const SCHEMA_VERSION = 1;
@@ -15,7 +15,10 @@ export const TOOL = { name: "peerbuf", version: "0.1.0" };
 export type Colors = ReturnType<typeof createColors>;
 
 /** `--no-color` gives false; otherwise colours follow the TTY, NO_COLOR and FORCE_COLOR. */
-export function colors(opt: boolean | undefined, stream: NodeJS.WriteStream = process.stdout): Colors {
+export function colors(
+  opt: boolean | undefined,
+  stream: NodeJS.WriteStream = process.stdout,
+): Colors {
   let on = stream.isTTY === true && !process.env["NO_COLOR"];
   if (process.env["FORCE_COLOR"] && process.env["FORCE_COLOR"] !== "0") on = true;
   if (opt === false) on = false;
@@ -62,7 +65,15 @@ export function toJson(v: unknown): string {
 }
 
 export function writeJson(e: Envelope): void {
-  writeOut(toJson({ schemaVersion: SCHEMA_VERSION, tool: TOOL, input: e.input, data: e.data, findings: e.findings ?? [] }));
+  writeOut(
+    toJson({
+      schemaVersion: SCHEMA_VERSION,
+      tool: TOOL,
+      input: e.input,
+      data: e.data,
+      findings: e.findings ?? [],
+    }),
+  );
 }
 
 export class UsageError extends PeerbufError {
@@ -77,7 +88,10 @@ export function failure(e: unknown, json: boolean): number {
   let code: number = EXIT.INTERNAL;
   let msg: string;
   let data: unknown;
-  if (e instanceof UsageError || (e instanceof PeerbufError && (e.code === "usage" || e.code === "not-found"))) {
+  if (
+    e instanceof UsageError ||
+    (e instanceof PeerbufError && (e.code === "usage" || e.code === "not-found"))
+  ) {
     code = EXIT.USAGE;
     msg = e.message;
     data = e.toJSON();

@@ -5,21 +5,22 @@
  */
 
 import { Argument, Command, CommanderError, Option } from "commander";
-import { EXIT, EXIT_HELP } from "./exit-codes.ts";
-import { colors, failure, log, TOOL, UsageError, writeJson, writeOut } from "./io.ts";
-import { loadContext, resolveDevice, type WhatIf, IOMMU_CHOICES } from "./context.ts";
-import { buildTree } from "../core/analysis/tree.ts";
-import { renderTree } from "./render/tree.ts";
 import { type DeviceKind, INTERESTING, KIND_HELP, parseKinds } from "../core/analysis/kinds.ts";
 import { computeMatrix, matrixFunctions } from "../core/analysis/matrix.ts";
-import { renderMatrix } from "./render/matrix.ts";
 import { explainPair } from "../core/analysis/p2p.ts";
-import { renderExplain } from "./render/explain.ts";
+import { buildTree } from "../core/analysis/tree.ts";
 import { CPU_PRESETS } from "../core/kernel/pci/pci-view.ts";
 import { PROFILES } from "../core/kernel/profile.ts";
 import { completionScript } from "./completion.ts";
+import { IOMMU_CHOICES, loadContext, resolveDevice, type WhatIf } from "./context.ts";
+import { EXIT, EXIT_HELP } from "./exit-codes.ts";
+import { colors, failure, log, TOOL, UsageError, writeJson, writeOut } from "./io.ts";
+import { renderExplain } from "./render/explain.ts";
+import { renderMatrix } from "./render/matrix.ts";
+import { renderTree } from "./render/tree.ts";
 
 const CONVERT_TARGETS = ["yaml", "json", "hwloc-xml", "nccl-xml", "dot"] as const;
+
 import { fileURLToPath } from "node:url";
 
 interface Common extends WhatIf {
@@ -30,16 +31,32 @@ interface Common extends WhatIf {
 
 function common(cmd: Command, whatIf = true): Command {
   cmd
-    .option("-i, --input <source...>", "sysfs capture (dir/.tar/.tar.gz/.tar.bz2), lspci output, hwloc or NCCL XML, or peerbuf YAML/JSON; default: this machine")
+    .option(
+      "-i, --input <source...>",
+      "sysfs capture (dir/.tar/.tar.gz/.tar.bz2), lspci output, hwloc or NCCL XML, or peerbuf YAML/JSON; default: this machine",
+    )
     .option("--json", "print one JSON document on stdout")
     .option("--no-color", "no colours (also NO_COLOR=1; FORCE_COLOR=1 forces them)");
   if (whatIf)
     cmd
-      .option("--kernel <profile>", `kernel profile: ${Object.keys(PROFILES).join(", ")} (default 6.1)`)
+      .option(
+        "--kernel <profile>",
+        `kernel profile: ${Object.keys(PROFILES).join(", ")} (default 6.1)`,
+      )
       .option("--cpu <cpu>", `pretend the CPU is: ${Object.keys(CPU_PRESETS).join(", ")}`)
-      .addOption(new Option("--iommu <mode>", "pretend the IOMMU is").choices(IOMMU_CHOICES as unknown as string[]))
-      .option("--cmdline <line>", "pretend the kernel booted with this command line (e.g. 'intel_iommu=on pci=disable_acs_redir=0000:02:00.0')")
-      .option("--set-acs <bdf=bits...>", "force a port's live ACS control word (0x1d, or names: SV,RR,CR,UF)");
+      .addOption(
+        new Option("--iommu <mode>", "pretend the IOMMU is").choices(
+          IOMMU_CHOICES as unknown as string[],
+        ),
+      )
+      .option(
+        "--cmdline <line>",
+        "pretend the kernel booted with this command line (e.g. 'intel_iommu=on pci=disable_acs_redir=0000:02:00.0')",
+      )
+      .option(
+        "--set-acs <bdf=bits...>",
+        "force a port's live ACS control word (0x1d, or names: SV,RR,CR,UF)",
+      );
   return cmd;
 }
 
@@ -53,15 +70,25 @@ function kindsOpt(text: string | undefined): DeviceKind[] | undefined {
 
 export function buildProgram(): Command {
   const program = new Command("peerbuf")
-    .description("Can device A DMA straight into device B's memory? The Linux kernel's P2PDMA answer for any machine, and why.")
+    .description(
+      "Can device A DMA straight into device B's memory? The Linux kernel's P2PDMA answer for any machine, and why.",
+    )
     .version(TOOL.version)
-    .addHelpText("after", `\n${EXIT_HELP}\n\nExamples:\n  peerbuf tree --input capture.tar.gz --class gpu,nic\n  peerbuf matrix --input lspci-vvv.txt --view smi\n  peerbuf explain gpu0 nic1 --iommu dma\n  peerbuf gather -o myhost.tar.gz`)
+    .addHelpText(
+      "after",
+      `\n${EXIT_HELP}\n\nExamples:\n  peerbuf tree --input capture.tar.gz --class gpu,nic\n  peerbuf matrix --input lspci-vvv.txt --view smi\n  peerbuf explain gpu0 nic1 --iommu dma\n  peerbuf gather -o myhost.tar.gz`,
+    )
     .showSuggestionAfterError()
     .exitOverride();
 
   common(program.command("tree"))
-    .description("the PCI hierarchy with port types, links (current vs max), ACS bits, NUMA node, IOMMU group")
-    .option("--class <kinds>", `only these kinds and the bridges above them: ${Object.keys(KIND_HELP).join(",")}`)
+    .description(
+      "the PCI hierarchy with port types, links (current vs max), ACS bits, NUMA node, IOMMU group",
+    )
+    .option(
+      "--class <kinds>",
+      `only these kinds and the bridges above them: ${Object.keys(KIND_HELP).join(",")}`,
+    )
     .option("--device <bdf>", "only this device's subtree and its path to the root")
     .option("--no-collapse", "list every one of repeated identical devices (VFs)")
     .action(async (o: Common & { class?: string; device?: string; collapse?: boolean }) => {
@@ -85,18 +112,31 @@ export function buildProgram(): Command {
     .description("pairwise P2P verdicts (map type + the kernel's distance), or the nvidia-smi view")
     .option("--class <kinds>", `device kinds to include (default ${INTERESTING.join(",")})`)
     .option("--all", "every function with a type-0 header (host-bridge and chipset functions too)")
-    .addOption(new Option("--view <view>", "kernel verdicts or nvidia-smi classes").choices(["kernel", "smi"]).default("kernel"))
+    .addOption(
+      new Option("--view <view>", "kernel verdicts or nvidia-smi classes")
+        .choices(["kernel", "smi"])
+        .default("kernel"),
+    )
     .action(async (o: Common & { class?: string; all?: boolean; view: "kernel" | "smi" }) => {
       const ctx = await loadContext(o.input, o);
       const kinds = o.all ? "all" : (kindsOpt(o.class) ?? [...INTERESTING]);
       const fns = matrixFunctions(ctx.machine, kinds);
       const m = computeMatrix(ctx.view, fns);
       if (o.json) {
-        writeJson({ input: ctx.inputLabel, data: { view: o.view, devices: m.devices.map((d) => ({ ...d, name: ctx.nameOf(ctx.machine.byBdf(d.bdf)!) })), pairs: m.pairs } });
+        writeJson({
+          input: ctx.inputLabel,
+          data: {
+            view: o.view,
+            devices: m.devices.map((d) => ({ ...d, name: ctx.nameOf(ctx.machine.byBdf(d.bdf)!) })),
+            pairs: m.pairs,
+          },
+        });
         return;
       }
       if (fns.length === 0) {
-        log(`no devices of kinds ${Array.isArray(kinds) ? kinds.join(",") : "all"} in this machine; try --all`);
+        log(
+          `no devices of kinds ${Array.isArray(kinds) ? kinds.join(",") : "all"} in this machine; try --all`,
+        );
         return;
       }
       const names = new Map(fns.map((f) => [f.name, ctx.nameOf(f)]));
@@ -105,8 +145,13 @@ export function buildProgram(): Command {
     });
 
   common(program.command("explain"))
-    .description("why the kernel allows or refuses P2P from provider A's memory to client B, hop by hop, and what to change")
-    .argument("<provider>", "device whose memory is the DMA target: BDF, gpu0/nic1/..., or a name fragment")
+    .description(
+      "why the kernel allows or refuses P2P from provider A's memory to client B, hop by hop, and what to change",
+    )
+    .argument(
+      "<provider>",
+      "device whose memory is the DMA target: BDF, gpu0/nic1/..., or a name fragment",
+    )
     .argument("<client>", "device doing the DMA")
     .action(async (a: string, b: string, o: Common) => {
       const ctx = await loadContext(o.input, o);
@@ -123,7 +168,9 @@ export function buildProgram(): Command {
 
   program
     .command("gather")
-    .description("capture this machine's PCI sysfs (+ /proc/cpuinfo, cmdline, iomem) into a tarball that loads anywhere")
+    .description(
+      "capture this machine's PCI sysfs (+ /proc/cpuinfo, cmdline, iomem) into a tarball that loads anywhere",
+    )
     .option("-o, --output <file>", "output file (.tar.gz)", "peerbuf-capture.tar.gz")
     .option("--root <dir>", "read sysfs/proc from this root instead of / (testing)", "/")
     .option("--json", "print a JSON summary on stdout")
@@ -131,12 +178,19 @@ export function buildProgram(): Command {
       const { runGather } = await import("./commands/gather.ts");
       const r = await runGather(o.root, o.output);
       if (o.json) writeJson({ input: { root: o.root }, data: r });
-      else log(`wrote ${r.output}: ${r.functions} PCI functions, ${r.files} files${r.redacted ? `, ${r.redacted} serial number(s) redacted` : ""}${r.fullConfig ? "" : "; not root: config space is 64 bytes, so ACS is unknown (run with sudo)"}`);
+      else
+        log(
+          `wrote ${r.output}: ${r.functions} PCI functions, ${r.files} files${r.redacted ? `, ${r.redacted} serial number(s) redacted` : ""}${r.fullConfig ? "" : "; not root: config space is 64 bytes, so ACS is unknown (run with sudo)"}`,
+        );
     });
 
   common(program.command("convert"), false)
     .description("convert any input into our YAML/JSON, hwloc XML, NCCL XML or Graphviz DOT")
-    .addOption(new Option("--to <format>", "output format").choices([...CONVERT_TARGETS]).makeOptionMandatory())
+    .addOption(
+      new Option("--to <format>", "output format")
+        .choices([...CONVERT_TARGETS])
+        .makeOptionMandatory(),
+    )
     .option("-o, --output <file>", "write here (atomically) instead of stdout")
     .action(async (o: Common & { to: (typeof CONVERT_TARGETS)[number]; output?: string }) => {
       const { runConvert } = await import("./commands/convert.ts");
@@ -160,7 +214,15 @@ export function buildProgram(): Command {
       const ctx = await loadContext([path], {});
       const c = colors(o.color);
       writeOut(c.bold(`peerbuf demo: ${ctx.desc.name ?? "flagship"} (${path})\n`));
-      writeOut(renderTree(buildTree(ctx.machine, ctx.view, { kinds: ["accel", "nic", "gpu", "nvme"], names: ctx.names }), c));
+      writeOut(
+        renderTree(
+          buildTree(ctx.machine, ctx.view, {
+            kinds: ["accel", "nic", "gpu", "nvme"],
+            names: ctx.names,
+          }),
+          c,
+        ),
+      );
       writeOut("");
       const fns = matrixFunctions(ctx.machine, [...INTERESTING]);
       const names = new Map(fns.map((f) => [f.name, ctx.nameOf(f)]));
@@ -178,7 +240,12 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === "number" ? process.exitCode : EXIT.OK;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help") return EXIT.OK;
+      if (
+        e.code === "commander.helpDisplayed" ||
+        e.code === "commander.version" ||
+        e.code === "commander.help"
+      )
+        return EXIT.OK;
       return EXIT.USAGE;
     }
     return failure(e, json);

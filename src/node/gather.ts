@@ -5,19 +5,57 @@
  * archive is complete, and then atomically.
  */
 
-import { lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { packTar, type TarEntry } from "modern-tar";
 import { parseBdf } from "../core/hw/bdf.ts";
 
 const FUNCTION_FILES = [
-  "vendor", "device", "subsystem_vendor", "subsystem_device", "revision", "class", "config", "resource",
-  "numa_node", "local_cpulist", "local_cpus", "max_link_speed", "max_link_width", "current_link_speed",
-  "current_link_width", "secondary_bus_number", "subordinate_bus_number", "sriov_totalvfs", "sriov_numvfs",
-  "sriov_offset", "sriov_stride", "label", "index", "acpi_index", "irq", "enable", "modalias", "dma_mask_bits",
-  "consistent_dma_mask_bits", "d3cold_allowed", "ari_enabled", "reset_method", "power_state",
-  "p2pmem/size", "p2pmem/available", "p2pmem/published",
+  "vendor",
+  "device",
+  "subsystem_vendor",
+  "subsystem_device",
+  "revision",
+  "class",
+  "config",
+  "resource",
+  "numa_node",
+  "local_cpulist",
+  "local_cpus",
+  "max_link_speed",
+  "max_link_width",
+  "current_link_speed",
+  "current_link_width",
+  "secondary_bus_number",
+  "subordinate_bus_number",
+  "sriov_totalvfs",
+  "sriov_numvfs",
+  "sriov_offset",
+  "sriov_stride",
+  "label",
+  "index",
+  "acpi_index",
+  "irq",
+  "enable",
+  "modalias",
+  "dma_mask_bits",
+  "consistent_dma_mask_bits",
+  "d3cold_allowed",
+  "ari_enabled",
+  "reset_method",
+  "power_state",
+  "p2pmem/size",
+  "p2pmem/available",
+  "p2pmem/published",
 ];
 const FUNCTION_LINKS = ["driver", "iommu_group", "physfn", "firmware_node"];
 const PROC_FILES = ["proc/cpuinfo", "proc/cmdline", "proc/iomem", "proc/sys/kernel/osrelease"];
@@ -53,7 +91,11 @@ export function redactSerial(config: Uint8Array): { bytes: Uint8Array; redacted:
   return { bytes: b, redacted };
 }
 
-export async function gather(root: string, output: string, progress?: (n: number) => void): Promise<GatherResult> {
+export async function gather(
+  root: string,
+  output: string,
+  progress?: (n: number) => void,
+): Promise<GatherResult> {
   const entries: TarEntry[] = [];
   const seenDirs = new Set<string>();
   let functions = 0;
@@ -70,11 +112,16 @@ export async function gather(root: string, output: string, progress?: (n: number
   };
   const addFile = (rel: string, data: Uint8Array) => {
     addDir(dirname(rel));
-    entries.push({ header: { name: rel, type: "file", size: data.length, mode: 0o644 }, body: data });
+    entries.push({
+      header: { name: rel, type: "file", size: data.length, mode: 0o644 },
+      body: data,
+    });
   };
   const addLink = (rel: string, target: string) => {
     addDir(dirname(rel));
-    entries.push({ header: { name: rel, type: "symlink", size: 0, linkname: target, mode: 0o777 } });
+    entries.push({
+      header: { name: rel, type: "symlink", size: 0, linkname: target, mode: 0o777 },
+    });
   };
   const tryRead = (rel: string): Uint8Array | null => {
     try {
@@ -152,10 +199,11 @@ export async function gather(root: string, output: string, progress?: (n: number
       }
     }
   };
-  for (const name of list("sys/devices")) if (HB_RE.test(name)) {
-    addDir(`sys/devices/${name}`);
-    walk(`sys/devices/${name}`, 0);
-  }
+  for (const name of list("sys/devices"))
+    if (HB_RE.test(name)) {
+      addDir(`sys/devices/${name}`);
+      walk(`sys/devices/${name}`, 0);
+    }
   for (const g of list("sys/kernel/iommu_groups")) {
     const t = tryRead(`sys/kernel/iommu_groups/${g}/type`);
     if (t) addFile(`sys/kernel/iommu_groups/${g}/type`, t);

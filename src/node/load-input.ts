@@ -159,5 +159,6 @@ export async function loadInput(
       throw new InputError({ file: path }, "binary data that is not a tar, gzip or bzip2 archive");
     texts.push({ file: path, text: new TextDecoder("utf-8").decode(bytes) });
   }
-  return parseTextInput(texts, opts.format);
+  const { loadSystemPciIds } = await import("./pci-ids.ts");
+  return parseTextInput(texts, opts.format, { ids: loadSystemPciIds() });
 }

@@ -4,19 +4,22 @@
  */
 
 import type { Names } from "../core/analysis/tree.ts";
+import { loadSystemPciIds } from "./pci-ids.ts";
 
 const NONE: Names = { vendor: () => undefined, device: () => undefined };
 let cached: Names | undefined;
-let provider: (() => Names | null) | undefined;
 
-/** Lets the pci.ids loader plug in without this module depending on it. */
-export function setNamesProvider(p: () => Names | null): void {
-  provider = p;
-  cached = undefined;
-}
-
+/** Names from the system's pci.ids, loaded on first use; none when the file is absent. */
 export function systemNames(): Names {
   if (cached) return cached;
-  cached = provider?.() ?? NONE;
+  let ids: ReturnType<typeof loadSystemPciIds> = null;
+  try {
+    ids = loadSystemPciIds();
+  } catch {
+    ids = null; // an unreadable pci.ids costs names, not the answer
+  }
+  cached = ids
+    ? { vendor: (v) => ids.vendorName(v), device: (v, d) => ids.deviceName(v, d) }
+    : NONE;
   return cached;
 }

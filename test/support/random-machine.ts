@@ -10,11 +10,33 @@ const hex2 = (n: number) => n.toString(16).padStart(2, "0");
 export const arbMachine: fc.Arbitrary<MachineDescription> = fc
   .record({
     hbs: fc.integer({ min: 1, max: 3 }),
-    rep: fc.array(fc.constantFrom(0x2020, 0x3c00, 0x29c0, 0x09a2, 0x1234), { minLength: 3, maxLength: 3 }),
+    rep: fc.array(fc.constantFrom(0x2020, 0x3c00, 0x29c0, 0x09a2, 0x1234), {
+      minLength: 3,
+      maxLength: 3,
+    }),
     repAtZero: fc.array(fc.boolean(), { minLength: 3, maxLength: 3 }),
-    cpu: fc.constantFrom<[string, number] | null>(["GenuineIntel", 6], ["AuthenticAMD", 0x17], ["AuthenticAMD", 0x16], ["HygonGenuine", 0x18], null),
+    cpu: fc.constantFrom<[string, number] | null>(
+      ["GenuineIntel", 6],
+      ["AuthenticAMD", 0x17],
+      ["AuthenticAMD", 0x16],
+      ["HygonGenuine", 0x18],
+      null,
+    ),
     shape: fc.array(fc.integer({ min: 0, max: 1_000_000 }), { minLength: 40, maxLength: 40 }),
-    acs: fc.array(fc.constantFrom<number | null | undefined>(0, 0x1d, 0x11, 0x04, 0x08, 0x20, 0x53, null, undefined), { minLength: 64, maxLength: 64 }),
+    acs: fc.array(
+      fc.constantFrom<number | null | undefined>(
+        0,
+        0x1d,
+        0x11,
+        0x04,
+        0x08,
+        0x20,
+        0x53,
+        null,
+        undefined,
+      ),
+      { minLength: 64, maxLength: 64 },
+    ),
   })
   .map(({ hbs, rep, repAtZero, cpu, shape, acs }) => {
     const functions: FunctionDescription[] = [];
@@ -29,14 +51,47 @@ export const arbMachine: fc.Arbitrary<MachineDescription> = fc
     const ep = (b: number, parent: string | null, fns: number, vfs: number) => {
       for (let f = 0; f < fns; f++) {
         const bdf = `0000:${hex2(b)}:00.${f}`;
-        functions.push({ bdf, parent, vendor: 0x15b3, device: 0x1021, classCode: 0x020700, headerType: 0, pcieType: "endpoint", multifunction: fns > 1, ...acsOf() });
+        functions.push({
+          bdf,
+          parent,
+          vendor: 0x15b3,
+          device: 0x1021,
+          classCode: 0x020700,
+          headerType: 0,
+          pcieType: "endpoint",
+          multifunction: fns > 1,
+          ...acsOf(),
+        });
         if (f === 0)
           for (let v = 0; v < vfs; v++)
-            functions.push({ bdf: `0000:${hex2(b)}:01.${v}`, parent, vendor: 0x15b3, device: 0x101e, classCode: 0x020700, headerType: 0, pcieType: "endpoint", physfn: bdf, acs: null });
+            functions.push({
+              bdf: `0000:${hex2(b)}:01.${v}`,
+              parent,
+              vendor: 0x15b3,
+              device: 0x101e,
+              classCode: 0x020700,
+              headerType: 0,
+              pcieType: "endpoint",
+              physfn: bdf,
+              acs: null,
+            });
       }
     };
-    const bridge = (bdf: string, parent: string | null, type: "root-port" | "upstream-port" | "downstream-port") => {
-      functions.push({ bdf, parent, vendor: 0x1000, device: 0xc030, classCode: 0x060400, headerType: 1, pcieType: type, ...acsOf() });
+    const bridge = (
+      bdf: string,
+      parent: string | null,
+      type: "root-port" | "upstream-port" | "downstream-port",
+    ) => {
+      functions.push({
+        bdf,
+        parent,
+        vendor: 0x1000,
+        device: 0xc030,
+        classCode: 0x060400,
+        headerType: 1,
+        pcieType: type,
+        ...acsOf(),
+      });
     };
     const subtree = (parent: string, depth: number) => {
       const kind = rnd() % 3;
@@ -58,7 +113,17 @@ export const arbMachine: fc.Arbitrary<MachineDescription> = fc
     for (let h = 0; h < hbs; h++) {
       const root = bus === 0 && h === 0 ? 0 : ++bus;
       hostBridges.push({ domain: 0, bus: root });
-      if (repAtZero[h]) functions.push({ bdf: `0000:${hex2(root)}:00.0`, parent: null, vendor: 0x8086, device: rep[h]!, classCode: 0x060000, headerType: 0, pcieType: null, acs: null });
+      if (repAtZero[h])
+        functions.push({
+          bdf: `0000:${hex2(root)}:00.0`,
+          parent: null,
+          vendor: 0x8086,
+          device: rep[h]!,
+          classCode: 0x060000,
+          headerType: 0,
+          pcieType: null,
+          acs: null,
+        });
       const rps = 1 + (rnd() % 3);
       for (let p = 0; p < rps; p++) {
         const rp = `0000:${hex2(root)}:${hex2(p + 1)}.0`;
@@ -77,5 +142,9 @@ export const arbMachine: fc.Arbitrary<MachineDescription> = fc
 
 function dedupe(fns: FunctionDescription[]): FunctionDescription[] {
   const seen = new Set<string>();
-  return fns.filter((f) => (seen.has(f.bdf) ? false : (seen.add(f.bdf), true)));
+  return fns.filter((f) => {
+    if (seen.has(f.bdf)) return false;
+    seen.add(f.bdf);
+    return true;
+  });
 }

@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs";
 import { PeerbufError } from "../../core/errors.ts";
-import { gather, type GatherResult } from "../../node/gather.ts";
+import { type GatherResult, gather } from "../../node/gather.ts";
 import { log, UsageError } from "../io.ts";
 
 export async function runGather(root: string, output: string): Promise<GatherResult> {
-  if (!existsSync(`${root}/sys/bus/pci`)) throw new UsageError(`${root}: no sys/bus/pci here; gather runs on a Linux machine with PCI`);
+  if (!existsSync(`${root}/sys/bus/pci`))
+    throw new UsageError(`${root}: no sys/bus/pci here; gather runs on a Linux machine with PCI`);
   const tty = process.stderr.isTTY === true;
   try {
     return await gather(root, output, (n) => {

@@ -1,9 +1,9 @@
 /** Text rendering of one pair's explanation: hops, verdict, findings with hints. */
 
 import type { PairExplanation } from "../../core/analysis/p2p.ts";
+import { isDowntrained } from "../../core/analysis/tree.ts";
 import type { Colors } from "../io.ts";
 import { formatLink } from "./tree.ts";
-import { isDowntrained } from "../../core/analysis/tree.ts";
 
 const VERDICT: Record<string, string> = {
   "bus-address": "BUS ADDRESS (PCI_P2PDMA_MAP_BUS_ADDR)",
@@ -11,14 +11,23 @@ const VERDICT: Record<string, string> = {
   "not-supported": "NOT SUPPORTED (PCI_P2PDMA_MAP_NOT_SUPPORTED)",
 };
 
-export function renderExplain(e: PairExplanation, c: Colors, names: Map<string, string>, kernel: string): string {
+export function renderExplain(
+  e: PairExplanation,
+  c: Colors,
+  names: Map<string, string>,
+  kernel: string,
+): string {
   const lines: string[] = [];
   lines.push(`${c.bold("provider")} ${e.provider} ${names.get(e.provider) ?? ""}`.trimEnd());
   lines.push(`${c.bold("client")}   ${e.client} ${names.get(e.client) ?? ""}`.trimEnd());
   lines.push("");
   lines.push(c.bold("Path"));
   for (const h of e.hops) {
-    const mark = h.redirects ? c.red("redirects") : h.redirects === undefined ? c.yellow("unknown") : "";
+    const mark = h.redirects
+      ? c.red("redirects")
+      : h.redirects === undefined
+        ? c.yellow("unknown")
+        : "";
     const tested = h.tested ? "" : c.dim(" (not examined by the kernel)");
     const link = h.link ? formatLink(h.link, isDowntrained(h.link)) : "";
     lines.push(
@@ -27,16 +36,30 @@ export function renderExplain(e: PairExplanation, c: Colors, names: Map<string, 
   }
   if (e.hostBridges.length > 0)
     for (const hb of e.hostBridges)
-      lines.push(`  host bridge ${hb.hostBridge}: represented by ${hb.representative ?? "nothing"} ${hb.representativeId ?? ""} → ${hb.reason}`);
+      lines.push(
+        `  host bridge ${hb.hostBridge}: represented by ${hb.representative ?? "nothing"} ${hb.representativeId ?? ""} → ${hb.reason}`,
+      );
   lines.push("");
-  const color = e.mapType === "bus-address" ? c.green : e.mapType === "through-host-bridge" ? c.yellow : c.red;
-  lines.push(`${c.bold("Verdict")} (kernel ${kernel}): ${color(VERDICT[e.mapType]!)}, distance ${e.distance}`);
+  const color =
+    e.mapType === "bus-address" ? c.green : e.mapType === "through-host-bridge" ? c.yellow : c.red;
+  lines.push(
+    `${c.bold("Verdict")} (kernel ${kernel}): ${color(VERDICT[e.mapType]!)}, distance ${e.distance}`,
+  );
   if (e.alternative)
-    lines.push(c.yellow(`  if ${e.alternative.if}: ${VERDICT[e.alternative.mapType]}, distance ${e.alternative.distance}`));
+    lines.push(
+      c.yellow(
+        `  if ${e.alternative.if}: ${VERDICT[e.alternative.mapType]}, distance ${e.alternative.distance}`,
+      ),
+    );
   lines.push("");
   lines.push(c.bold("Findings"));
   for (const f of e.findings) {
-    const sev = f.severity === "error" ? c.red("error  ") : f.severity === "warning" ? c.yellow("warning") : c.dim("info   ");
+    const sev =
+      f.severity === "error"
+        ? c.red("error  ")
+        : f.severity === "warning"
+          ? c.yellow("warning")
+          : c.dim("info   ");
     lines.push(`  ${sev} ${c.bold(f.code)}: ${f.message}`);
     if (f.hint) lines.push(`          ${c.cyan("hint:")} ${f.hint}`);
   }

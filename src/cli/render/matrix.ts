@@ -4,7 +4,12 @@ import type { MatrixResult } from "../../core/analysis/matrix.ts";
 import { SMI_LEGEND, type SmiLevel } from "../../core/analysis/smi.ts";
 import type { Colors } from "../io.ts";
 
-export function renderMatrix(m: MatrixResult, view: "kernel" | "smi", c: Colors, names: Map<string, string>): string {
+export function renderMatrix(
+  m: MatrixResult,
+  view: "kernel" | "smi",
+  c: Colors,
+  names: Map<string, string>,
+): string {
   const n = m.devices.length;
   const byPair = new Map(m.pairs.map((p) => [`${p.provider}|${p.client}`, p]));
   const labels = m.devices.map((d) => d.label);
@@ -32,17 +37,29 @@ export function renderMatrix(m: MatrixResult, view: "kernel" | "smi", c: Colors,
     lines.push(row);
   }
   lines.push("");
-  lines.push("Rows are providers (whose memory is the target), columns are clients (the device doing DMA).");
+  lines.push(
+    "Rows are providers (whose memory is the target), columns are clients (the device doing DMA).",
+  );
   if (view === "kernel") {
     lines.push("Legend (Linux pci_p2pdma, distance = the kernel's hop count):");
-    lines.push(`  B<n>  bus address: peers reach each other below a common switch; the DMA address is the PCI bus address`);
-    lines.push(`  H<n>  through the host bridge: allowed, mapped like RAM (IOVA with an IOMMU); crosses the root complex`);
-    lines.push(`  -     not supported: mapping fails with -EREMOTEIO; 'peerbuf explain A B' says why`);
+    lines.push(
+      `  B<n>  bus address: peers reach each other below a common switch; the DMA address is the PCI bus address`,
+    );
+    lines.push(
+      `  H<n>  through the host bridge: allowed, mapped like RAM (IOVA with an IOMMU); crosses the root complex`,
+    );
+    lines.push(
+      `  -     not supported: mapping fails with -EREMOTEIO; 'peerbuf explain A B' says why`,
+    );
   } else {
-    lines.push("Legend (nvidia-smi topo -m classes, from the same hierarchy; yellow: the kernel disagrees):");
-    for (const [k, v] of Object.entries(SMI_LEGEND)) lines.push(`  ${(k as SmiLevel).padEnd(5)} ${v}`);
+    lines.push(
+      "Legend (nvidia-smi topo -m classes, from the same hierarchy; yellow: the kernel disagrees):",
+    );
+    for (const [k, v] of Object.entries(SMI_LEGEND))
+      lines.push(`  ${(k as SmiLevel).padEnd(5)} ${v}`);
   }
   lines.push("Devices:");
-  for (const d of m.devices) lines.push(`  ${d.label.padEnd(w)} ${d.bdf}  [${d.id}]  ${names.get(d.bdf) ?? ""}`.trimEnd());
+  for (const d of m.devices)
+    lines.push(`  ${d.label.padEnd(w)} ${d.bdf}  [${d.id}]  ${names.get(d.bdf) ?? ""}`.trimEnd());
   return lines.join("\n");
 }

@@ -1,7 +1,7 @@
 /** Text rendering of the hierarchy tree (lspci -tv, with what P2P questions need). */
 
-import type { LinkDescription } from "../../core/hw/machine.ts";
 import type { TreeNode, TreeRoot } from "../../core/analysis/tree.ts";
+import type { LinkDescription } from "../../core/hw/machine.ts";
 import type { Colors } from "../io.ts";
 
 const PORT: Record<string, string> = {
@@ -24,7 +24,11 @@ export function formatSpeed(s: number | null | undefined): string {
 
 export function formatLink(l: LinkDescription | undefined, downtrained: boolean): string {
   if (!l) return "";
-  const cur = l.speed !== undefined || l.width !== undefined ? `${formatSpeed(l.speed)} x${l.width ?? "?"}` : "";
+  if (l.width === 0) return `link down (max ${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"})`;
+  const cur =
+    l.speed !== undefined || l.width !== undefined
+      ? `${formatSpeed(l.speed)} x${l.width ?? "?"}`
+      : "";
   const max = `${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"}`;
   if (!cur) return `max ${max}`;
   if (downtrained) return `${cur} (downtrained, max ${max})`;
@@ -41,15 +45,22 @@ function label(n: TreeNode, c: Colors): string {
   if (n.name) parts.push(n.name);
   const link = formatLink(n.link, n.downtrained);
   if (link) parts.push(n.downtrained ? c.yellow(link) : c.dim(link));
-  if (n.acs === null) parts.push(c.dim("ACS: none"));
-  else if (n.acs) {
+  if (n.acs === null) {
+    if (n.kind === "bridge") parts.push(c.dim("no ACS"));
+  } else if (n.acs) {
     const redir = n.acs.ctrl !== null && (n.acs.ctrl & 0x2c) !== 0;
     parts.push((redir ? c.red : c.green)(`ACS ${n.acs.bits}`));
   }
   if (n.numaNode !== undefined && n.numaNode !== null) parts.push(c.dim(`NUMA ${n.numaNode}`));
-  if (n.iommuGroup !== undefined && n.iommuGroup !== null) parts.push(c.dim(`group ${n.iommuGroup}`));
+  if (n.iommuGroup !== undefined && n.iommuGroup !== null)
+    parts.push(c.dim(`group ${n.iommuGroup}`));
   if (n.driver) parts.push(c.dim(n.driver));
-  if (n.collapsed) parts.push(c.yellow(`×${n.collapsed.count} (… ${n.collapsed.last}, identical; --no-collapse shows each)`));
+  if (n.collapsed)
+    parts.push(
+      c.yellow(
+        `×${n.collapsed.count} (… ${n.collapsed.last}, identical; --no-collapse shows each)`,
+      ),
+    );
   return parts.join("  ");
 }
 
@@ -63,7 +74,8 @@ export function renderTree(roots: readonly TreeRoot[], c: Colors): string {
     });
   };
   for (const r of roots) {
-    const numa = r.numaNode !== undefined && r.numaNode !== null ? c.dim(`  NUMA ${r.numaNode}`) : "";
+    const numa =
+      r.numaNode !== undefined && r.numaNode !== null ? c.dim(`  NUMA ${r.numaNode}`) : "";
     lines.push(`${c.bold(r.hostBridge)}${numa}`);
     walk(r.children, "");
   }

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
+import { arbMachine } from "../../../test/support/random-machine.ts";
 import { buildMachine } from "../hw/machine.ts";
 import { calcMapTypeAndDist } from "../kernel/pci/p2pdma.ts";
 import { bootPci } from "../kernel/pci/pci-view.ts";
-import { arbMachine } from "../../../test/support/random-machine.ts";
 import { MAP_NAME, VerdictMatrix } from "./fast-matrix.ts";
-import { defaultAssumptions } from "./p2p.ts";
 import { matrixFunctions } from "./matrix.ts";
+import { defaultAssumptions } from "./p2p.ts";
 
 describe("VerdictMatrix", () => {
   it("gives exactly the per-pair kernel walk's verdict on random hierarchies", () => {
@@ -25,7 +25,11 @@ describe("VerdictMatrix", () => {
           fns.forEach((c, j) => {
             const r = calcMapTypeAndDist(view, p, c, false, assume);
             assert.equal(MAP_NAME[mt[j]!], r.mapType, `${p.name} -> ${c.name}`);
-            assert.equal(dist[j], r.mapType === "not-supported" ? -1 : r.distance, `${p.name} -> ${c.name} distance`);
+            assert.equal(
+              dist[j],
+              r.mapType === "not-supported" ? -1 : r.distance,
+              `${p.name} -> ${c.name} distance`,
+            );
           });
         });
       }),

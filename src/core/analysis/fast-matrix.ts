@@ -8,8 +8,8 @@
  * - host-bridge verdicts are cached per (host bridge, host bridge, with-ACS) triple.
  */
 
-import type { PciFunction } from "../hw/machine.ts";
 import { ACS } from "../hw/config-space.ts";
+import type { PciFunction } from "../hw/machine.ts";
 import {
   type Assumptions,
   cpuSupportsP2pdma,
@@ -24,12 +24,15 @@ export const MAP_CODE: Readonly<Record<P2pMapType, number>> = {
   "bus-address": 1,
   "through-host-bridge": 2,
 };
-export const MAP_NAME: readonly P2pMapType[] = ["not-supported", "bus-address", "through-host-bridge"];
+export const MAP_NAME: readonly P2pMapType[] = [
+  "not-supported",
+  "bus-address",
+  "through-host-bridge",
+];
 
 export class VerdictMatrix {
   readonly functions: readonly PciFunction[];
   readonly #view: BootedPci;
-  readonly #assume: Assumptions;
   /** Per endpoint: its upstream chain as node ids, self first. */
   readonly #chains: Int32Array[];
   /** Per endpoint: prefix count of redirecting nodes along the chain (length+1). */
@@ -43,11 +46,10 @@ export class VerdictMatrix {
 
   constructor(view: BootedPci, functions: readonly PciFunction[], assume: Assumptions) {
     this.#view = view;
-    this.#assume = assume;
     this.functions = functions;
     const all = view.machine.functions;
     const id = new Map<PciFunction, number>();
-    all.forEach((f, i) => id.set(f, i));
+    for (const [i, f] of all.entries()) id.set(f, i);
     // Euler tour over the upstream-bridge forest (a VF hangs where its PF's parent is)
     const kids = new Map<number, number[]>();
     const roots: number[] = [];
@@ -79,7 +81,12 @@ export class VerdictMatrix {
     const redir = new Uint8Array(all.length);
     for (const f of all) {
       const ctrl = view.acsCtrl(f);
-      const r = ctrl === null ? false : ctrl === undefined ? assume.unknownAcsRedirects(f) : (ctrl & (ACS.RR | ACS.CR | ACS.EC)) !== 0;
+      const r =
+        ctrl === null
+          ? false
+          : ctrl === undefined
+            ? assume.unknownAcsRedirects(f)
+            : (ctrl & (ACS.RR | ACS.CR | ACS.EC)) !== 0;
       redir[id.get(f)!] = r ? 1 : 0;
     }
     this.#chains = [];
@@ -114,7 +121,9 @@ export class VerdictMatrix {
     let ok = this.#hbVerdict.get(key);
     if (ok === undefined) {
       // the allowlist verdict depends only on the two host bridges
-      ok = hostBridgeAllowed(this.#view, this.#hbFns[hp]!, this.#hbFns[hc]!, false, []).every((x) => x.allowed);
+      ok = hostBridgeAllowed(this.#view, this.#hbFns[hp]!, this.#hbFns[hc]!, false, []).every(
+        (x) => x.allowed,
+      );
       this.#hbVerdict.set(key, ok);
     }
     return ok;

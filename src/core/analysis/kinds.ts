@@ -5,7 +5,15 @@
 
 import type { FunctionDescription, PciFunction } from "../hw/machine.ts";
 
-export type DeviceKind = "gpu" | "nic" | "nvme" | "storage" | "accel" | "bridge" | "host-bridge" | "other";
+export type DeviceKind =
+  | "gpu"
+  | "nic"
+  | "nvme"
+  | "storage"
+  | "accel"
+  | "bridge"
+  | "host-bridge"
+  | "other";
 
 /** Kinds `--class` accepts, with what they cover. */
 export const KIND_HELP: Readonly<Record<DeviceKind, string>> = {
@@ -49,7 +57,10 @@ export function kindIndex(functions: readonly PciFunction[]): Map<PciFunction, s
 
 export function parseKinds(text: string): DeviceKind[] | string {
   const out: DeviceKind[] = [];
-  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+  for (const part of text
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     if (!(part in KIND_HELP)) return part;
     out.push(part as DeviceKind);
   }

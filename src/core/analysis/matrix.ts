@@ -32,7 +32,10 @@ export interface MatrixResult {
 }
 
 /** Functions the kernel can be asked about: type-0 headers (endpoints, host-bridge functions). */
-export function matrixFunctions(machine: Machine, kinds: readonly DeviceKind[] | "all"): PciFunction[] {
+export function matrixFunctions(
+  machine: Machine,
+  kinds: readonly DeviceKind[] | "all",
+): PciFunction[] {
   return machine.functions.filter((f) => {
     if (f.isBridge) return false;
     return kinds === "all" || kinds.includes(kindOf(f.desc));

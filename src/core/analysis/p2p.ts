@@ -10,11 +10,11 @@ import type { LinkDescription, PciFunction } from "../hw/machine.ts";
 import { KERNEL_ACS_BITS } from "../kernel/pci/acs.ts";
 import {
   type Assumptions,
+  acsHintList,
   type CalcResult,
   calcMapTypeAndDist,
   type P2pMapType,
   upstreamBridge,
-  acsHintList,
 } from "../kernel/pci/p2pdma.ts";
 import type { BootedPci } from "../kernel/pci/pci-view.ts";
 import type { Finding } from "./findings.ts";
@@ -46,19 +46,24 @@ export interface PairExplanation extends PairVerdict {
   readonly hostBridges: CalcResult["hostBridges"];
   readonly kernelMessages: readonly string[];
   /** The verdict if the unknown facts went the other way. */
-  readonly alternative?: { readonly mapType: P2pMapType; readonly distance: number; readonly if: string };
+  readonly alternative?: {
+    readonly mapType: P2pMapType;
+    readonly distance: number;
+    readonly if: string;
+  };
 }
 
 /** Default assumptions: unknown ACS redirects only on ports an active IOMMU would have set. */
 export function defaultAssumptions(view: BootedPci): Assumptions {
   return {
     unknownAcsRedirects: (fn) =>
-      view.acsRequested === true && (fn.desc.pcieType === "root-port" || fn.desc.pcieType === "downstream-port"),
+      view.acsRequested === true &&
+      (fn.desc.pcieType === "root-port" || fn.desc.pcieType === "downstream-port"),
     unknownCpuSupports: false,
   };
 }
 
-function flipped(view: BootedPci, base: Assumptions): Assumptions {
+function flipped(base: Assumptions): Assumptions {
   return {
     unknownAcsRedirects: (fn) => !base.unknownAcsRedirects(fn),
     unknownCpuSupports: !base.unknownCpuSupports,
@@ -68,7 +73,12 @@ function flipped(view: BootedPci, base: Assumptions): Assumptions {
 const distOf = (r: CalcResult): number => (r.mapType === "not-supported" ? -1 : r.distance);
 
 /** Quick verdict for matrices: no hops, findings only as codes that matter. */
-export function pairVerdict(view: BootedPci, provider: PciFunction, client: PciFunction, withFindings = true): PairVerdict {
+export function pairVerdict(
+  view: BootedPci,
+  provider: PciFunction,
+  client: PciFunction,
+  withFindings = true,
+): PairVerdict {
   const assume = defaultAssumptions(view);
   const r = calcMapTypeAndDist(view, provider, client, false, assume);
   return {
@@ -80,13 +90,17 @@ export function pairVerdict(view: BootedPci, provider: PciFunction, client: PciF
   };
 }
 
-export function explainPair(view: BootedPci, provider: PciFunction, client: PciFunction): PairExplanation {
+export function explainPair(
+  view: BootedPci,
+  provider: PciFunction,
+  client: PciFunction,
+): PairExplanation {
   const assume = defaultAssumptions(view);
   const r = calcMapTypeAndDist(view, provider, client, true, assume);
   const findings = findingsFor(view, provider, client, r, assume);
   let alternative: PairExplanation["alternative"];
   if (r.unknownAcs.length > 0 || r.cpuSupports === undefined) {
-    const alt = calcMapTypeAndDist(view, provider, client, false, flipped(view, assume));
+    const alt = calcMapTypeAndDist(view, provider, client, false, flipped(assume));
     if (alt.mapType !== r.mapType || distOf(alt) !== distOf(r)) {
       const conds: string[] = [];
       if (r.unknownAcs.length > 0)
@@ -110,7 +124,12 @@ export function explainPair(view: BootedPci, provider: PciFunction, client: PciF
   };
 }
 
-function hopsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r: CalcResult): Hop[] {
+function hopsFor(
+  view: BootedPci,
+  provider: PciFunction,
+  client: PciFunction,
+  r: CalcResult,
+): Hop[] {
   const tested = new Set(r.tested);
   const hop = (fn: PciFunction, role: Hop["role"]): Hop => {
     const ctrl = view.acsCtrl(fn);
@@ -120,7 +139,12 @@ function hopsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r:
       pcieType: fn.desc.pcieType ?? null,
       acsCtrl: ctrl,
       acsBits: ctrl === null ? "no ACS" : ctrl === undefined ? "ACS unknown" : formatAcsBits(ctrl),
-      redirects: ctrl === null ? false : ctrl === undefined ? undefined : (ctrl & (ACS.RR | ACS.CR | ACS.EC)) !== 0,
+      redirects:
+        ctrl === null
+          ? false
+          : ctrl === undefined
+            ? undefined
+            : (ctrl & (ACS.RR | ACS.CR | ACS.EC)) !== 0,
       tested: tested.has(fn),
       ...(fn.desc.link ? { link: fn.desc.link } : {}),
     };
@@ -142,11 +166,22 @@ function hopsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r:
   return [...up, ...down];
 }
 
-function findingsFor(view: BootedPci, provider: PciFunction, client: PciFunction, r: CalcResult, assume: Assumptions): Finding[] {
+function findingsFor(
+  view: BootedPci,
+  provider: PciFunction,
+  client: PciFunction,
+  r: CalcResult,
+  assume: Assumptions,
+): Finding[] {
   const out: Finding[] = [];
   const word = "allowlist (the kernel's messages say whitelist)";
   if (provider === client && r.mapType === "bus-address") {
-    out.push({ code: "same-function", severity: "info", path: [provider.name], message: "provider and client are the same function" });
+    out.push({
+      code: "same-function",
+      severity: "info",
+      path: [provider.name],
+      message: "provider and client are the same function",
+    });
   } else if (r.common && r.acsRedirect.length === 0) {
     out.push({
       code: "common-upstream-bridge",
@@ -172,7 +207,9 @@ function findingsFor(view: BootedPci, provider: PciFunction, client: PciFunction
       const cap = view.acsCap(f) ?? 0;
       return o.source === "boot"
         ? o.steps.some((s) => s.startsWith("IOMMU"))
-        : view.acsRequested === true && (ctrl & KERNEL_ACS_BITS) === (cap & KERNEL_ACS_BITS) && (ctrl & ACS.EC) === 0;
+        : view.acsRequested === true &&
+            (ctrl & KERNEL_ACS_BITS) === (cap & KERNEL_ACS_BITS) &&
+            (ctrl & ACS.EC) === 0;
     });
     if (byKernel.length > 0)
       out.push({
@@ -207,7 +244,12 @@ function findingsFor(view: BootedPci, provider: PciFunction, client: PciFunction
     for (const hb of r.hostBridges) {
       const path = [hb.hostBridge, ...(hb.representative ? [hb.representative] : [])];
       if (hb.reason === "allowlisted")
-        out.push({ code: "host-bridge-allowlisted", severity: "info", path, message: `host bridge ${hb.hostBridge} (${hb.representative} ${hb.representativeId}) is in the kernel's P2PDMA ${word}` });
+        out.push({
+          code: "host-bridge-allowlisted",
+          severity: "info",
+          path,
+          message: `host bridge ${hb.hostBridge} (${hb.representative} ${hb.representativeId}) is in the kernel's P2PDMA ${word}`,
+        });
       else if (hb.reason === "not-allowlisted")
         out.push({
           code: "host-bridge-not-allowlisted",
@@ -256,7 +298,8 @@ function findingsFor(view: BootedPci, provider: PciFunction, client: PciFunction
       code: "assumption-unknown-cpu",
       severity: "warning",
       path: [],
-      message: "the input does not say which CPU the machine has; assumed not AMD Zen (an AMD Zen CPU would allow the host-bridge path)",
+      message:
+        "the input does not say which CPU the machine has; assumed not AMD Zen (an AMD Zen CPU would allow the host-bridge path)",
       hint: "give --cpu amd-zen|intel|..., or a capture with /proc/cpuinfo",
     });
   return out;

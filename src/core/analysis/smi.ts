@@ -26,7 +26,9 @@ function chain(f: PciFunction): PciFunction[] {
 
 /** One switch counts once: a downstream port stands for its upstream port. */
 function switchOf(b: PciFunction): PciFunction {
-  return b.desc.pcieType === "downstream-port" && b.parent?.desc.pcieType === "upstream-port" ? b.parent : b;
+  return b.desc.pcieType === "downstream-port" && b.parent?.desc.pcieType === "upstream-port"
+    ? b.parent
+    : b;
 }
 
 function numaOf(f: PciFunction): number | null | undefined {

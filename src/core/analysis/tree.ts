@@ -3,8 +3,8 @@
  * The hierarchy as a filtered, collapsible tree: what `peerbuf tree` prints and `--json` returns.
  */
 
-import type { LinkDescription, Machine, PciFunction } from "../hw/machine.ts";
 import { formatAcsBits } from "../hw/config-space.ts";
+import type { LinkDescription, Machine, PciFunction } from "../hw/machine.ts";
 import type { BootedPci } from "../kernel/pci/pci-view.ts";
 import { type DeviceKind, kindOf } from "./kinds.ts";
 
@@ -23,7 +23,11 @@ export interface TreeNode {
   readonly link?: LinkDescription;
   /** Current link slower or narrower than its maximum. */
   readonly downtrained: boolean;
-  readonly acs?: { readonly cap: number; readonly ctrl: number | null; readonly bits: string } | null;
+  readonly acs?: {
+    readonly cap: number;
+    readonly ctrl: number | null;
+    readonly bits: string;
+  } | null;
   readonly numaNode?: number | null;
   readonly iommuGroup?: number | null;
   readonly driver?: string | null;
@@ -52,20 +56,26 @@ const hex4 = (v: number | undefined) => (v ?? 0).toString(16).padStart(4, "0");
 export function isDowntrained(l: LinkDescription | undefined): boolean {
   if (!l) return false;
   const slow = l.speed != null && l.maxSpeed != null && l.speed < l.maxSpeed;
-  const narrow = l.width !== undefined && l.maxWidth !== undefined && l.width > 0 && l.width < l.maxWidth;
+  const narrow =
+    l.width !== undefined && l.maxWidth !== undefined && l.width > 0 && l.width < l.maxWidth;
   return slow || narrow;
 }
 
 function deviceName(f: PciFunction, names?: Names): string | undefined {
   const d = f.desc;
   if (d.vendor === undefined) return undefined;
-  const dev = (d.device !== undefined ? names?.device(d.vendor, d.device) : undefined) ?? d.deviceName;
+  const dev =
+    (d.device !== undefined ? names?.device(d.vendor, d.device) : undefined) ?? d.deviceName;
   const ven = names?.vendor(d.vendor) ?? d.vendorName;
   if (ven && dev) return `${ven} ${dev}`;
   return dev ?? ven;
 }
 
-export function buildTree(machine: Machine, view: BootedPci | undefined, opts: TreeOptions = {}): TreeRoot[] {
+export function buildTree(
+  machine: Machine,
+  view: BootedPci | undefined,
+  opts: TreeOptions = {},
+): TreeRoot[] {
   const keep = new Set<PciFunction>();
   const want = (f: PciFunction) => !opts.kinds || opts.kinds.includes(kindOf(f.desc));
   const markUp = (f: PciFunction | null) => {
@@ -86,7 +96,9 @@ export function buildTree(machine: Machine, view: BootedPci | undefined, opts: T
     const ctrl = view?.acsCtrl(f);
     const acsDesc = f.desc.acs;
     const name = deviceName(f, opts.names);
-    const kids = f.children.filter((c) => keep.has(c) && (!opts.kinds || want(c) || c.children.length > 0));
+    const kids = f.children.filter(
+      (c) => keep.has(c) && (!opts.kinds || want(c) || c.children.length > 0),
+    );
     return {
       bdf: f.name,
       kind: kindOf(f.desc),
@@ -99,7 +111,13 @@ export function buildTree(machine: Machine, view: BootedPci | undefined, opts: T
       ...(acsDesc === null
         ? { acs: null }
         : acsDesc
-          ? { acs: { cap: acsDesc.cap, ctrl: ctrl ?? null, bits: ctrl == null ? "unknown" : formatAcsBits(ctrl) } }
+          ? {
+              acs: {
+                cap: acsDesc.cap,
+                ctrl: ctrl ?? null,
+                bits: ctrl == null ? "unknown" : formatAcsBits(ctrl),
+              },
+            }
           : {}),
       ...(f.desc.numaNode !== undefined ? { numaNode: f.desc.numaNode } : {}),
       ...(f.desc.iommuGroup !== undefined ? { iommuGroup: f.desc.iommuGroup } : {}),
@@ -112,7 +130,10 @@ export function buildTree(machine: Machine, view: BootedPci | undefined, opts: T
     .map((hb) => ({
       hostBridge: `pci${hb.id}`,
       ...(hb.desc.numaNode !== undefined ? { numaNode: hb.desc.numaNode } : {}),
-      children: collapse(hb.rootFunctions.filter((f) => keep.has(f)).map(node), opts.collapse ?? true),
+      children: collapse(
+        hb.rootFunctions.filter((f) => keep.has(f)).map(node),
+        opts.collapse ?? true,
+      ),
     }))
     .filter((r) => r.children.length > 0);
 }
@@ -122,13 +143,16 @@ function collapse(nodes: TreeNode[], enabled: boolean): TreeNode[] {
   if (!enabled) return nodes;
   const out: TreeNode[] = [];
   const sig = (n: TreeNode) =>
-    n.children.length === 0 ? `${n.id}|${n.classCode}|${n.driver}|${n.vf}|${n.link?.speed}|${n.link?.width}` : null;
+    n.children.length === 0
+      ? `${n.id}|${n.classCode}|${n.driver}|${n.vf}|${n.link?.speed}|${n.link?.width}`
+      : null;
   let i = 0;
   while (i < nodes.length) {
     const s = sig(nodes[i]!);
     let j = i + 1;
     while (s !== null && j < nodes.length && sig(nodes[j]!) === s) j++;
-    if (j - i >= 4) out.push({ ...nodes[i]!, collapsed: { count: j - i, last: nodes[j - 1]!.bdf } });
+    if (j - i >= 4)
+      out.push({ ...nodes[i]!, collapsed: { count: j - i, last: nodes[j - 1]!.bdf } });
     else out.push(...nodes.slice(i, j));
     i = j;
   }

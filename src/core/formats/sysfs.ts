@@ -355,7 +355,8 @@ function readFunction(
   }
   let pcieType: FunctionDescription["pcieType"];
   let acs: FunctionDescription["acs"];
-  if (cfg?.pcie) pcieType = cfg.pcie.type;
+  if (cfg?.pcie)
+    pcieType = cfg.pcie.type ?? undefined; // a reserved type code: PCIe, type unknown
   else if (cfg && cfg.length >= 256) pcieType = null; // full standard space read, no PCIe cap
   if (cfg?.acs) acs = { cap: cfg.acs.cap, ctrl: cfg.acs.ctrl, offset: cfg.acs.offset };
   else if (cfg?.acs === null || pcieType === null) acs = null; // conventional PCI has no extended space

@@ -129,12 +129,25 @@ export function parseConfigSpace(bytes: Uint8Array): ParsedConfig {
         const typeCode = (flags >> 4) & 0xf;
         const lnkcap = u32(bytes, ptr + 0x0c);
         const lnksta = u16(bytes, ptr + 0x12);
+        const type = PCIE_TYPE_BY_CODE[typeCode] ?? null;
+        // integrated endpoints and event collectors have no link (PCIe r6 §7.5.3)
+        const linkless = type === "rc-endpoint" || type === "rc-event-collector";
         pcie = {
           offset: ptr,
           typeCode,
-          type: PCIE_TYPE_BY_CODE[typeCode] ?? null,
-          linkCap: { speed: LINK_SPEED_GTS[lnkcap & 0xf] ?? null, width: (lnkcap >> 4) & 0x3f },
-          linkStatus: { speed: LINK_SPEED_GTS[lnksta & 0xf] ?? null, width: (lnksta >> 4) & 0x3f },
+          type,
+          ...(linkless
+            ? {}
+            : {
+                linkCap: {
+                  speed: LINK_SPEED_GTS[lnkcap & 0xf] ?? null,
+                  width: (lnkcap >> 4) & 0x3f,
+                },
+                linkStatus: {
+                  speed: LINK_SPEED_GTS[lnksta & 0xf] ?? null,
+                  width: (lnksta >> 4) & 0x3f,
+                },
+              }),
         };
       } else if (id === CAP_EXP && ptr + 4 <= len) {
         const typeCode = (u16(bytes, ptr + 2) >> 4) & 0xf;

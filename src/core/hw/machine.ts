@@ -167,11 +167,11 @@ export interface Machine {
   byBdf(bdf: string): PciFunction | undefined;
 }
 
-/** Bridges by header type, else by class 0x0604/0x0609 (PCI-to-PCI). */
+/** Bridges by header type, else by class: PCI-to-PCI 0x0604/0x0609, CardBus 0x0607. */
 export function isBridgeDescription(f: FunctionDescription): boolean {
   if (f.headerType !== undefined) return f.headerType === 1 || f.headerType === 2;
   const sub = f.classCode >> 8;
-  return sub === 0x0604 || sub === 0x0609;
+  return sub === 0x0604 || sub === 0x0609 || sub === 0x0607;
 }
 
 /**

@@ -208,9 +208,7 @@ const hbMiss = (rep: string, id: string) =>
 const nsWarn = (c: string, p: string) =>
   `pci ${full(c)}: cannot be used for peer-to-peer DMA as the client and provider (${full(p)}) do not share an upstream bridge or whitelisted host bridge`;
 
-/** The mainline profile prints "allowlist"; P-new's p2pdma.c (cd2698d) still prints "whitelist". */
-const WORDING_TODO =
-  "mainline profile says 'allowlist'/'allowlisted'; P-new p2pdma.c @cd2698d prints 'Host bridge not in P2PDMA whitelist' and '... or whitelisted host bridge'";
+/** Both profiles print "whitelist": P-new's p2pdma.c (cd2698d) still says it. */
 const wordingOpts = (_profile: Profile) => ({});
 
 /** mulberry32: a tiny deterministic PRNG in [0, 1). */
