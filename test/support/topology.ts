@@ -37,6 +37,12 @@ export interface FnOpts {
   readonly p2pmem?: boolean | { size: bigint; available: bigint; published: boolean };
   readonly driver?: string;
   readonly pcieType?: PcieType | null;
+  /** Memory BARs: index, CPU start, size (64-bit prefetchable). */
+  readonly bars?: readonly {
+    readonly index: number;
+    readonly start: bigint;
+    readonly size: bigint;
+  }[];
 }
 
 const BRIDGE_CLASS = 0x060400;
@@ -92,6 +98,9 @@ export class Topo {
       ...(o.physfn !== undefined ? { physfn: o.physfn } : {}),
       ...(p2pmem ? { p2pmem } : {}),
       ...(o.driver !== undefined ? { driver: o.driver } : {}),
+      ...(o.bars
+        ? { bars: o.bars.map((b) => ({ ...b, mem: true, prefetchable: true, is64: true })) }
+        : {}),
     });
     return this;
   }

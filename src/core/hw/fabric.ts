@@ -1,0 +1,252 @@
+/**
+ * @module fabric
+ * Devices issuing DMA: a memory request from a requester at an address goes through the PCIe
+ * hierarchy the way hardware routes it — straight across a switch to a peer's BAR, or up to the
+ * root complex when no bridge below claims it or an ACS port redirects it — then through the
+ * requester's IOMMU domain (translate or fault) to RAM or to a BAR. A faulting transfer changes no
+ * byte. Every transfer is counted per link it crosses.
+ */
+
+import type { PhysAddr } from "./address.ts";
+import { ACS } from "./config-space.ts";
+import type { IommuPageTable } from "./iommu.ts";
+import type { HostBridge, Machine, PciFunction } from "./machine.ts";
+import type { PhysicalMemory, Region } from "./memory.ts";
+
+export interface FabricPlatform {
+  /** Live ACS control word of a function (null: no capability; undefined: unknown, taken as 0). */
+  acsCtrl(fn: PciFunction): number | null | undefined;
+  /** Whether the root complex forwards a peer request from one host bridge's device to another's BAR. */
+  rootComplexP2p(from: HostBridge, to: HostBridge): boolean;
+  /** `pci_bus_address - resource_start` for BARs below this host bridge (0 on x86). */
+  busOffset(hb: HostBridge): bigint;
+}
+
+export interface DmaFault {
+  readonly requester: string;
+  readonly address: bigint;
+  readonly write: boolean;
+  readonly length: number;
+  readonly reason: string;
+  /** Where it was refused: an IOMMU domain, the root complex, a port. */
+  readonly at: string;
+}
+
+export type Route =
+  | { readonly kind: "peer"; readonly target: PciFunction; readonly via: PciFunction }
+  | { readonly kind: "root-complex"; readonly redirectedAt?: PciFunction };
+
+export type DmaResult =
+  | {
+      readonly ok: true;
+      readonly route: Route;
+      readonly target: Region;
+      readonly data?: Uint8Array;
+    }
+  | { readonly ok: false; readonly fault: DmaFault };
+
+interface BarBus {
+  readonly fn: PciFunction;
+  readonly bar: number;
+  readonly busStart: bigint;
+  readonly busEnd: bigint;
+}
+
+export class Fabric {
+  readonly machine: Machine;
+  readonly memory: PhysicalMemory;
+  readonly faults: DmaFault[] = [];
+  /** Bytes per link, keyed by the function below the link: `up` toward the root, `down` away. */
+  readonly traffic = new Map<string, { up: bigint; down: bigint }>();
+  readonly #platform: FabricPlatform;
+  readonly #domains = new Map<PciFunction, IommuPageTable>();
+  readonly #bars = new Map<HostBridge, BarBus[]>();
+
+  constructor(machine: Machine, memory: PhysicalMemory, platform: FabricPlatform) {
+    this.machine = machine;
+    this.memory = memory;
+    this.#platform = platform;
+    for (const fn of machine.functions)
+      for (const b of fn.desc.bars ?? []) {
+        if (!b.mem) continue;
+        const off = platform.busOffset(fn.hostBridge);
+        const list = this.#bars.get(fn.hostBridge) ?? [];
+        list.push({ fn, bar: b.index, busStart: b.start + off, busEnd: b.start + off + b.size });
+        this.#bars.set(fn.hostBridge, list);
+      }
+  }
+
+  /** Puts a requester behind an IOMMU domain (the kernel attaches its group's domain). null: none. */
+  attach(fn: PciFunction, table: IommuPageTable | null): void {
+    if (table) this.#domains.set(fn, table);
+    else this.#domains.delete(fn);
+  }
+
+  domainOf(fn: PciFunction): IommuPageTable | undefined {
+    return this.#domains.get(fn);
+  }
+
+  dmaWrite(requester: PciFunction, addr: bigint, data: Uint8Array): DmaResult {
+    return this.#dma(requester, addr, data.length, true, data);
+  }
+
+  dmaRead(requester: PciFunction, addr: bigint, length: number): DmaResult {
+    return this.#dma(requester, addr, length, false);
+  }
+
+  #fault(
+    requester: PciFunction,
+    address: bigint,
+    write: boolean,
+    length: number,
+    reason: string,
+    at: string,
+  ): DmaResult {
+    const fault = { requester: requester.name, address, write, length, reason, at };
+    this.faults.push(fault);
+    return { ok: false, fault };
+  }
+
+  /** The BAR below `hb` that decodes bus address `addr`, if any. */
+  #barAt(hb: HostBridge, addr: bigint): BarBus | undefined {
+    return this.#bars.get(hb)?.find((b) => addr >= b.busStart && addr < b.busEnd);
+  }
+
+  #chain(fn: PciFunction): PciFunction[] {
+    const out: PciFunction[] = [];
+    for (let p: PciFunction | null = fn; p; p = p.parent) out.push(p);
+    return out;
+  }
+
+  #redirects(fn: PciFunction, bits: number): boolean {
+    const c = this.#platform.acsCtrl(fn);
+    return c != null && (c & bits) !== 0;
+  }
+
+  /** How the hierarchy routes a request for bus address `addr` (before any IOMMU). */
+  route(requester: PciFunction, addr: bigint, write: boolean): Route {
+    const bar = this.#barAt(requester.hostBridge, addr);
+    if (!bar || bar.fn === requester) return { kind: "root-complex" };
+    const up = this.#chain(requester);
+    const down = new Set(this.#chain(bar.fn));
+    const lca = up.find((p) => p !== requester && down.has(p));
+    if (!lca) return { kind: "root-complex" };
+    // ingress ACS on the requester's side: P2P Request Redirect (and egress control) send the
+    // request to the root complex; on the completer's side egress control and, for reads, the
+    // completion redirect do the same
+    for (const p of up) {
+      if (p === lca) break;
+      if (this.#redirects(p, ACS.RR | ACS.EC)) return { kind: "root-complex", redirectedAt: p };
+    }
+    for (const p of this.#chain(bar.fn)) {
+      if (p === lca) break;
+      if (this.#redirects(p, ACS.EC | (write ? 0 : ACS.CR)))
+        return { kind: "root-complex", redirectedAt: p };
+    }
+    return { kind: "peer", target: bar.fn, via: lca };
+  }
+
+  #count(fn: PciFunction, upTo: PciFunction | null, dir: "up" | "down", bytes: number): void {
+    for (let p: PciFunction | null = fn; p && p !== upTo; p = p.parent) {
+      const t = this.traffic.get(p.name) ?? { up: 0n, down: 0n };
+      t[dir] += BigInt(bytes);
+      this.traffic.set(p.name, t);
+    }
+  }
+
+  #dma(
+    requester: PciFunction,
+    addr: bigint,
+    length: number,
+    write: boolean,
+    data?: Uint8Array,
+  ): DmaResult {
+    const route = this.route(requester, addr, write);
+    if (route.kind === "peer") {
+      const phys = addr - this.#platform.busOffset(requester.hostBridge);
+      const region = this.memory.contains(phys, BigInt(length));
+      if (!region || region.owner !== route.target)
+        return this.#fault(
+          requester,
+          addr,
+          write,
+          length,
+          "request runs past the end of the peer's BAR",
+          route.target.name,
+        );
+      this.#count(requester, route.via, "up", length);
+      this.#count(route.target, route.via, "down", length);
+      if (write) this.memory.write(phys as PhysAddr, data!);
+      return {
+        ok: true,
+        route,
+        target: region,
+        ...(write ? {} : { data: this.memory.read(phys as PhysAddr, length) }),
+      };
+    }
+    // up to the root complex: IOMMU translation per contiguous run, all checked before any byte moves
+    const table = this.#domains.get(requester);
+    const runs: { phys: bigint; len: number; region: Region }[] = [];
+    let done = 0;
+    while (done < length) {
+      const a = addr + BigInt(done);
+      let phys: bigint;
+      let run: bigint;
+      if (table) {
+        const t = table.translate(a, write);
+        if (!t.ok)
+          return this.#fault(
+            requester,
+            a,
+            write,
+            length,
+            `IOMMU fault: ${t.reason}`,
+            `IOMMU domain of ${requester.name}`,
+          );
+        phys = t.phys;
+        run = t.run;
+      } else {
+        phys = a - this.#platform.busOffset(requester.hostBridge);
+        run = BigInt(length - done);
+      }
+      const region = this.memory.regionAt(phys);
+      if (!region)
+        return this.#fault(
+          requester,
+          a,
+          write,
+          length,
+          `no memory or BAR at physical 0x${phys.toString(16)} (unsupported request)`,
+          "root complex",
+        );
+      const n = Number(
+        [run, region.end - phys, BigInt(length - done)].reduce((x, y) => (x < y ? x : y)),
+      );
+      if (region.kind === "bar") {
+        const to = region.owner!;
+        if (to !== requester && !this.#platform.rootComplexP2p(requester.hostBridge, to.hostBridge))
+          return this.#fault(
+            requester,
+            a,
+            write,
+            length,
+            `the root complex does not forward peer-to-peer requests to ${to.name}`,
+            `pci${requester.hostBridge.id}`,
+          );
+      }
+      runs.push({ phys, len: n, region });
+      done += n;
+    }
+    this.#count(requester, null, "up", length);
+    const out = write ? undefined : new Uint8Array(length);
+    let at = 0;
+    for (const r of runs) {
+      if (r.region.kind === "bar" && r.region.owner)
+        this.#count(r.region.owner, null, "down", r.len);
+      if (write) this.memory.write(r.phys as PhysAddr, data!.subarray(at, at + r.len));
+      else out!.set(this.memory.read(r.phys as PhysAddr, r.len), at);
+      at += r.len;
+    }
+    return { ok: true, route, target: runs[0]!.region, ...(out ? { data: out } : {}) };
+  }
+}
