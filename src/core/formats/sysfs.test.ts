@@ -50,7 +50,7 @@ function capture(withPaths: boolean): MemorySnapshot {
       ["0000:01:00.0", ep],
       ["0000:01:00.2", vf],
     ])
-      s.addLink(`sys/bus/pci/devices/${b}`, `../../../${d.slice(4)}`);
+      s.addLink(`sys/bus/pci/devices/${b}`, `../../../${d!.slice(4)}`);
   } else {
     // hwloc-style flattened capture: device directories without paths
     for (const [b, d] of [
