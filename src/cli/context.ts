@@ -6,7 +6,7 @@
 
 import { kindIndex, kindOf } from "../core/analysis/kinds.ts";
 import type { Names } from "../core/analysis/tree.ts";
-import { TopologyError } from "../core/errors.ts";
+import { InputError, TopologyError } from "../core/errors.ts";
 import { formatBdf, parseBdf } from "../core/hw/bdf.ts";
 import { parseAcsBits } from "../core/hw/config-space.ts";
 import {
@@ -51,15 +51,25 @@ export async function loadContext(inputs: string[] | undefined, w: WhatIf): Prom
   return contextFor(desc, w, inputs);
 }
 
-export function contextFor(desc: MachineDescription, w: WhatIf, inputs?: string[]): Context {
-  let machine: Machine;
+/**
+ * buildMachine for an input the user named: a hierarchy that cannot be (duplicate BDFs, a parent
+ * that is missing or not a bridge, a loop) is bad input (exit 3) naming the input, not a usage error.
+ */
+export function machineFromInput(desc: MachineDescription, inputs?: readonly string[]): Machine {
   try {
-    machine = buildMachine(desc);
+    return buildMachine(desc);
   } catch (e) {
     if (e instanceof TopologyError)
-      throw new UsageError(`${inputs?.join(", ") ?? "input"}: ${e.message}`);
+      throw new InputError(
+        { file: inputs?.length ? inputs.join(", ") : (desc.source?.path ?? "this machine") },
+        e.message,
+      );
     throw e;
   }
+}
+
+export function contextFor(desc: MachineDescription, w: WhatIf, inputs?: string[]): Context {
+  const machine = machineFromInput(desc, inputs);
   if (w.kernel !== undefined && !(w.kernel in PROFILES))
     throw new UsageError(
       `unknown kernel profile "${w.kernel}" (known: ${Object.keys(PROFILES).join(", ")})`,

@@ -14,7 +14,17 @@ import { PROFILES } from "../core/kernel/profile.ts";
 import { completionScript } from "./completion.ts";
 import { IOMMU_CHOICES, loadContext, resolveDevice, type WhatIf } from "./context.ts";
 import { EXIT, EXIT_HELP } from "./exit-codes.ts";
-import { colors, failure, log, TOOL, UsageError, writeJson, writeOut } from "./io.ts";
+import {
+  colors,
+  failure,
+  log,
+  SCHEMA_VERSION,
+  TOOL,
+  toJson,
+  UsageError,
+  writeJson,
+  writeOut,
+} from "./io.ts";
 import { renderExplain } from "./render/explain.ts";
 import { renderMatrix } from "./render/matrix.ts";
 import { renderTree } from "./render/tree.ts";
@@ -29,14 +39,16 @@ interface Common extends WhatIf {
   color?: boolean;
 }
 
-function common(cmd: Command, whatIf = true): Command {
-  cmd
-    .option(
-      "-i, --input <source...>",
-      "sysfs capture (dir/.tar/.tar.gz/.tar.bz2), lspci output, hwloc or NCCL XML, or peerbuf YAML/JSON; default: this machine",
-    )
-    .option("--json", "print one JSON document on stdout")
-    .option("--no-color", "no colours (also NO_COLOR=1; FORCE_COLOR=1 forces them)");
+/** `report`: the command's output is a report, so `--json` and colours apply (not to convert). */
+function common(cmd: Command, whatIf = true, report = true): Command {
+  cmd.option(
+    "-i, --input <source...>",
+    "sysfs capture (dir/.tar/.tar.gz/.tar.bz2), lspci output, hwloc or NCCL XML, or peerbuf YAML/JSON; default: this machine",
+  );
+  if (report)
+    cmd
+      .option("--json", "print one JSON document on stdout")
+      .option("--no-color", "no colours (also NO_COLOR=1; FORCE_COLOR=1 forces them)");
   if (whatIf)
     cmd
       .option(
@@ -184,7 +196,7 @@ export function buildProgram(): Command {
         );
     });
 
-  common(program.command("convert"), false)
+  common(program.command("convert"), false, false)
     .description("convert any input into our YAML/JSON, hwloc XML, NCCL XML or Graphviz DOT")
     .addOption(
       new Option("--to <format>", "output format")
@@ -246,6 +258,15 @@ export async function main(argv: string[]): Promise<number> {
         e.code === "commander.help"
       )
         return EXIT.OK;
+      // commander has printed its message on stderr; --json still gets its error document
+      if (json)
+        writeOut(
+          toJson({
+            schemaVersion: SCHEMA_VERSION,
+            tool: TOOL,
+            error: { code: "usage", message: e.message.replace(/^error: /, ""), data: {} },
+          }),
+        );
       return EXIT.USAGE;
     }
     return failure(e, json);

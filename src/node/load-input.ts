@@ -20,6 +20,18 @@ export const MAX_INPUT_BYTES = 1024 * 1024 * 1024;
 /** Largest decompressed archive accepted (decompression-bomb guard, 2 GiB). */
 export const MAX_UNPACKED_BYTES = 2 * 1024 * 1024 * 1024;
 
+/**
+ * The decompression limit in force: MAX_UNPACKED_BYTES, or a lower one from the environment
+ * variable PEERBUF_MAX_UNPACKED_BYTES (a byte count; lets tests and small machines refuse a bomb
+ * without inflating 2 GiB first). It can only lower the limit; other values are ignored.
+ */
+export function unpackLimit(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env["PEERBUF_MAX_UNPACKED_BYTES"]?.trim();
+  if (!v || !/^[0-9]+$/.test(v)) return MAX_UNPACKED_BYTES;
+  const n = Number(v);
+  return n > 0 && n < MAX_UNPACKED_BYTES ? n : MAX_UNPACKED_BYTES;
+}
+
 function readCapped(path: string): Uint8Array {
   let size: number;
   try {
@@ -54,11 +66,7 @@ function readCapped(path: string): Uint8Array {
   return buf;
 }
 
-export function decompress(
-  file: string,
-  bytes: Uint8Array,
-  limit = MAX_UNPACKED_BYTES,
-): Uint8Array {
+export function decompress(file: string, bytes: Uint8Array, limit = unpackLimit()): Uint8Array {
   if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
     try {
       return gunzipSync(bytes, { maxOutputLength: limit });

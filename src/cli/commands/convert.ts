@@ -4,8 +4,8 @@ import { writeDot } from "../../core/formats/dot.ts";
 import { writeHwlocXml } from "../../core/formats/hwloc-xml.ts";
 import { writeMachineJson, writeMachineYaml } from "../../core/formats/machine-doc.ts";
 import { writeNcclXml } from "../../core/formats/nccl-xml.ts";
-import { buildMachine } from "../../core/hw/machine.ts";
 import { loadInput } from "../../node/load-input.ts";
+import { machineFromInput } from "../context.ts";
 import { writeOut } from "../io.ts";
 
 type Target = "yaml" | "json" | "hwloc-xml" | "nccl-xml" | "dot";
@@ -13,7 +13,7 @@ type Target = "yaml" | "json" | "hwloc-xml" | "nccl-xml" | "dot";
 /** Writes the converted document to stdout, or atomically to a file. */
 export async function runConvert(inputs: string[], to: Target, output?: string): Promise<void> {
   const desc = await loadInput(inputs);
-  buildMachine(desc); // refuse to convert what is not a valid hierarchy
+  machineFromInput(desc, inputs); // refuse to convert what is not a valid hierarchy
   const text =
     to === "yaml"
       ? writeMachineYaml(desc)

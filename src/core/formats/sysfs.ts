@@ -121,7 +121,7 @@ export function loadSysfs(src: SnapshotSource, opts: { format?: string } = {}): 
         { file: src.label, place: entry },
         "broken link: the device directory it points to is missing",
       );
-    found.set(bdf, { bdf, dir: rp, ...pathFacts(rp) });
+    found.set(bdf, { bdf, dir: rp, ...pathFacts(rp, src.label) });
     if (src.kind(entry) === "link") byPath = true;
   }
   // bridges on a device's path that bus/pci/devices does not list (seen in real captures)
@@ -135,7 +135,7 @@ export function loadSysfs(src: SnapshotSource, opts: { format?: string } = {}): 
       if (found.has(bdf)) continue;
       const dir = parts.slice(0, i + 1).join("/");
       if (src.kind(`${dir}/class`) === null && src.kind(`${dir}/config`) === null) continue;
-      found.set(bdf, { bdf, dir, ...pathFacts(dir) });
+      found.set(bdf, { bdf, dir, ...pathFacts(dir, src.label) });
       added.push(bdf);
     }
   }
@@ -150,7 +150,7 @@ export function loadSysfs(src: SnapshotSource, opts: { format?: string } = {}): 
         const b = parseBdf(name);
         if (b && name.length >= 12) {
           const bdf = formatBdf(b);
-          found.set(bdf, { bdf, dir: child, ...pathFacts(child) });
+          found.set(bdf, { bdf, dir: child, ...pathFacts(child, src.label) });
           walk(child, depth + 1);
         } else if (HB_RE.test(name)) walk(child, depth + 1);
       }
@@ -256,7 +256,7 @@ export function loadSysfs(src: SnapshotSource, opts: { format?: string } = {}): 
 }
 
 /** Bridge and host bridge facts from a canonical device path. */
-function pathFacts(dir: string): { pathParent?: string | null; hostBridge?: string } {
+function pathFacts(dir: string, file: string): { pathParent?: string | null; hostBridge?: string } {
   const parts = dir.split("/");
   let hb = -1;
   for (let i = parts.length - 2; i >= 0; i--) {
@@ -268,6 +268,14 @@ function pathFacts(dir: string): { pathParent?: string | null; hostBridge?: stri
   if (hb < 0) return {};
   const m = HB_RE.exec(parts[hb]!)!;
   const hostBridge = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase()}`;
+  // between the host bridge and the function every directory is a bridge function; anything else
+  // (a USB or platform device) cannot sit on a PCI path
+  for (let i = hb + 1; i < parts.length - 1; i++)
+    if (!parseBdf(parts[i]!) || parts[i]!.length < 12)
+      throw new InputError(
+        { file, place: dir },
+        `"${parts[i]}" on the path of a PCI function is not a PCI function or host bridge`,
+      );
   const prev = parts[parts.length - 2]!;
   const pb = parseBdf(prev);
   return { hostBridge, pathParent: pb && prev.length >= 12 ? formatBdf(pb) : null };
