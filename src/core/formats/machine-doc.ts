@@ -797,11 +797,11 @@ function toFunction(d: FnDoc, parent: string | null): FunctionDescription {
 
 const MAX_TEXT = 64 * 1024 * 1024;
 
-/** YAML forbids C0 controls other than tab, LF and CR, and DEL: their presence means binary. */
+/** C0 controls other than tab, LF and CR cannot appear raw in YAML or JSON text: binary data. */
 function firstControlChar(s: string): number {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
-    if ((c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) || c === 0x7f) return i;
+    if (c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return i;
   }
   return -1;
 }
@@ -830,6 +830,8 @@ export function parseMachineDocument(file: string, text: string): MachineDescrip
     doc = parseDocument(src, {
       lineCounter: lc,
       merge: true,
+      // yaml reports warnings through process.emitWarning/console: core code stays silent
+      logLevel: "error",
       prettyErrors: false,
       uniqueKeys: true,
     }) as Document;
@@ -1161,12 +1163,14 @@ export function writeMachineYaml(m: MachineDescription, opts: WriteMachineOption
   const doc = new Document(machineDoc(m, opts, 32));
   visit(doc, {
     Scalar(_k, node) {
-      // YAML 1.1 readers take 0000:15:00.0 for a base-60 number: quote anything with a colon
-      if (
-        typeof node.value === "string" &&
-        /^[0-9a-fA-F][0-9a-fA-F:._]*:[0-9a-fA-F:._]*$/.test(node.value)
-      )
+      const v = node.value;
+      if (typeof v !== "string") return;
+      // yaml writes some multi-line text as plain or block scalars that do not read back the
+      // same (leading spaces, "-" or "?" in flow maps): quote it, config hex excepted
+      if (/[\n\r\u0085\u2028\u2029]/.test(v) && !/^[0-9a-f]+(?:\n[0-9a-f]+)*$/.test(v))
         node.type = "QUOTE_DOUBLE";
+      // YAML 1.1 readers take 0000:15:00.0 for a base-60 number: quote anything with a colon
+      else if (/^[0-9a-fA-F][0-9a-fA-F:._]*:[0-9a-fA-F:._]*$/.test(v)) node.type = "QUOTE_DOUBLE";
     },
     Pair(_k, pair) {
       const key = isScalar(pair.key) ? String(pair.key.value) : "";

@@ -43,7 +43,42 @@ export interface KernelProfile {
   readonly hasConfigAcs: boolean;
   /** `pci_has_p2pmem`: mainline also needs a gen_pool. */
   readonly findNeedsPool: boolean;
+  /**
+   * IOVA rcache (drivers/iommu/iova.c): pfns per magazine, and the depot of full magazines. 6.1:
+   * a fixed array; when it is full the loaded magazine's pfns go back to the tree. Mainline
+   * (6.7+): an unbounded list, trimmed by delayed work, one magazine per run, while it holds more
+   * magazines than there are online CPUs.
+   */
+  readonly iovaRcache: IovaRcacheProfile;
+  /**
+   * `iommu_dma_alloc_iova`, PCI device with a DMA limit above 32 bits: 6.1 tries below 4 GiB
+   * first on every allocation; mainline (6.4+, `pci_32bit_workaround`) stops after the first
+   * failure and logs "Using N-bit DMA addresses".
+   */
+  readonly pciSacFirst: "every-allocation" | "until-first-failure";
+  /** dma-iommu flush queue (DMA_FQ domains): per-CPU rings, and mainline's single big queue. */
+  readonly iovaFlushQueue: {
+    readonly perCpu: FlushQueueGeometry;
+    readonly single: FlushQueueGeometry | null;
+  };
 }
+
+export interface FlushQueueGeometry {
+  /** Ring slots (`IOVA_*_FQ_SIZE`); one stays empty, so size - 1 frees fit. */
+  readonly size: number;
+  /** `IOVA_*_FQ_TIMEOUT`, ms. */
+  readonly timeoutMs: number;
+}
+
+export type IovaRcacheProfile =
+  | {
+      readonly magSize: number;
+      readonly depot: { readonly kind: "array"; readonly maxGlobalMags: number };
+    }
+  | {
+      readonly magSize: number;
+      readonly depot: { readonly kind: "list"; readonly depotDelayMs: number };
+    };
 
 const ALLOWLIST_61: AllowlistEntry[] = [
   { vendor: 0x8086, device: 0x3c00, flags: REQ_SAME_HOST_BRIDGE },
@@ -89,6 +124,10 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     disableAcsRedirFrom: "current",
     hasConfigAcs: false,
     findNeedsPool: false,
+    // 6.1.192 has the 127-entry magazine (backported) with the old depot array
+    iovaRcache: { magSize: 127, depot: { kind: "array", maxGlobalMags: 32 } },
+    pciSacFirst: "every-allocation",
+    iovaFlushQueue: { perCpu: { size: 256, timeoutMs: 10 }, single: null },
   },
   mainline: {
     id: "mainline",
@@ -106,6 +145,12 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     disableAcsRedirFrom: "firmware",
     hasConfigAcs: true,
     findNeedsPool: true,
+    iovaRcache: { magSize: 127, depot: { kind: "list", depotDelayMs: 100 } },
+    pciSacFirst: "until-first-failure",
+    iovaFlushQueue: {
+      perCpu: { size: 256, timeoutMs: 10 },
+      single: { size: 32768, timeoutMs: 1000 },
+    },
   },
 };
 

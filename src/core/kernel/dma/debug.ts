@@ -1,0 +1,211 @@
+/**
+ * @module debug
+ * A model of CONFIG_DMA_API_DEBUG (kernel/dma/debug.c): every mapping is recorded, and misuse is
+ * reported as data — unmapping what was not mapped (or twice), with another size, direction or
+ * function, syncing outside a mapping, unchecked mapping errors, mappings leaked at release. In
+ * strict mode the first report throws.
+ */
+
+import type { DmaAddr, PhysAddr } from "../../hw/address.ts";
+import { DMA_MAPPING_ERROR, for_each_sg, type SgTable } from "../lib/scatterlist.ts";
+import type { DmaDevice } from "./device.ts";
+import type { DmaDirection } from "./mapping.ts";
+
+export type DmaDebugCode =
+  | "unmap-not-mapped"
+  | "double-unmap"
+  | "unmap-wrong-size"
+  | "unmap-wrong-direction"
+  | "unmap-wrong-function"
+  | "sync-not-mapped"
+  | "sync-out-of-range"
+  | "sync-wrong-direction"
+  | "map-error-not-checked"
+  | "leak-at-release";
+
+export interface DmaDebugReport {
+  readonly code: DmaDebugCode;
+  readonly device: string;
+  readonly message: string;
+}
+
+export class DmaDebugError extends Error {
+  readonly report: DmaDebugReport;
+  constructor(r: DmaDebugReport) {
+    super(`DMA-API: ${r.device}: ${r.message}`);
+    this.name = "DmaDebugError";
+    this.report = r;
+  }
+}
+
+type Kind = "single" | "resource" | "sg";
+
+interface Entry {
+  readonly kind: Kind;
+  readonly dma: bigint;
+  readonly size: bigint;
+  readonly dir: DmaDirection;
+  readonly phys?: PhysAddr;
+  checked: boolean;
+}
+
+const hex = (v: bigint) => `0x${v.toString(16).padStart(16, "0")}`;
+
+export class DmaDebug {
+  readonly reports: DmaDebugReport[] = [];
+  readonly strict: boolean;
+  readonly #live = new Map<string, Map<bigint, Entry>>();
+  readonly #freed = new Map<string, Set<bigint>>();
+
+  constructor(opts: { strict?: boolean } = {}) {
+    this.strict = opts.strict ?? false;
+  }
+
+  #report(dev: DmaDevice, code: DmaDebugCode, message: string): void {
+    const r = { code, device: dev.name, message };
+    this.reports.push(r);
+    if (this.strict) throw new DmaDebugError(r);
+  }
+
+  #of(dev: DmaDevice): Map<bigint, Entry> {
+    let m = this.#live.get(dev.name);
+    if (!m) {
+      m = new Map();
+      this.#live.set(dev.name, m);
+    }
+    return m;
+  }
+
+  /** models debug_dma_map_phys(). A failed mapping is not recorded. */
+  mapped(
+    dev: DmaDevice,
+    e: { kind: Kind; dma: DmaAddr; size: bigint; dir: DmaDirection; phys?: PhysAddr },
+  ): void {
+    if (e.dma === DMA_MAPPING_ERROR) return;
+    this.#of(dev).set(e.dma, { ...e, checked: false });
+    this.#freed.get(dev.name)?.delete(e.dma);
+  }
+
+  /** models debug_dma_mapping_error(): the driver looked at the result. */
+  checkedError(dev: DmaDevice, dma: DmaAddr): void {
+    const e = this.#of(dev).get(dma);
+    if (e) e.checked = true;
+  }
+
+  mappedSg(dev: DmaDevice, sgt: SgTable, nents: number, dir: DmaDirection): void {
+    let i = 0;
+    for (const s of for_each_sg(sgt.sgl!, nents)) {
+      this.#of(dev).set(s.dma_address, {
+        kind: "sg",
+        dma: s.dma_address,
+        size: BigInt(s.dma_length),
+        dir,
+        checked: true,
+      });
+      this.#freed.get(dev.name)?.delete(s.dma_address);
+      i++;
+    }
+    void i;
+  }
+
+  /** models check_unmap(). */
+  unmapped(dev: DmaDevice, u: { kind: Kind; dma: DmaAddr; size: bigint; dir: DmaDirection }): void {
+    const live = this.#of(dev);
+    const e = live.get(u.dma);
+    if (!e) {
+      const twice = this.#freed.get(dev.name)?.has(u.dma);
+      this.#report(
+        dev,
+        twice ? "double-unmap" : "unmap-not-mapped",
+        `device driver tries to free DMA memory it has not allocated [device address=${hex(u.dma)}] [size=${u.size} bytes]${twice ? " (already unmapped)" : ""}`,
+      );
+      return;
+    }
+    if (e.size !== u.size)
+      this.#report(
+        dev,
+        "unmap-wrong-size",
+        `device driver frees DMA memory with different size [device address=${hex(u.dma)}] [map size=${e.size} bytes] [unmap size=${u.size} bytes]`,
+      );
+    if (e.dir !== u.dir)
+      this.#report(
+        dev,
+        "unmap-wrong-direction",
+        `device driver frees DMA memory with different direction [device address=${hex(u.dma)}] [size=${u.size} bytes] [mapped with ${e.dir}] [unmapped with ${u.dir}]`,
+      );
+    if (e.kind !== u.kind)
+      this.#report(
+        dev,
+        "unmap-wrong-function",
+        `device driver frees DMA memory with wrong function [device address=${hex(u.dma)}] [size=${u.size} bytes] [mapped as ${e.kind}] [unmapped as ${u.kind}]`,
+      );
+    if (!e.checked && e.kind !== "sg")
+      this.#report(
+        dev,
+        "map-error-not-checked",
+        `device driver failed to check map error [device address=${hex(u.dma)}] [size=${u.size} bytes] [mapped as ${e.kind}]`,
+      );
+    live.delete(u.dma);
+    let f = this.#freed.get(dev.name);
+    if (!f) {
+      f = new Set();
+      this.#freed.set(dev.name, f);
+    }
+    f.add(u.dma);
+  }
+
+  unmappedSg(dev: DmaDevice, sgt: SgTable, dir: DmaDirection): void {
+    for (const s of for_each_sg(sgt.sgl!, sgt.nents))
+      this.unmapped(dev, { kind: "sg", dma: s.dma_address, size: BigInt(s.dma_length), dir });
+  }
+
+  /** models check_sync(). */
+  synced(
+    dev: DmaDevice,
+    dma: DmaAddr,
+    size: bigint,
+    dir: DmaDirection,
+    to: "cpu" | "device",
+  ): void {
+    const live = this.#of(dev);
+    let hit: Entry | undefined;
+    for (const e of live.values()) if (dma >= e.dma && dma < e.dma + e.size) hit = e;
+    if (!hit) {
+      this.#report(
+        dev,
+        "sync-not-mapped",
+        `device driver tries to sync DMA memory it has not allocated [device address=${hex(dma)}] [size=${size} bytes]`,
+      );
+      return;
+    }
+    if (dma + size > hit.dma + hit.size)
+      this.#report(
+        dev,
+        "sync-out-of-range",
+        `device driver syncs DMA memory outside allocated range [device address=${hex(dma)}] [allocation size=${hit.size} bytes] [sync offset+size=${dma - hit.dma + size}]`,
+      );
+    if (hit.dir !== dir && hit.dir !== "bidirectional")
+      this.#report(
+        dev,
+        "sync-wrong-direction",
+        `device driver syncs DMA memory with different direction for ${to} [mapped with ${hit.dir}] [synced with ${dir}]`,
+      );
+  }
+
+  /** models dma_debug_device_change(BUS_NOTIFY_UNBOUND_DRIVER): leaks at release. */
+  released(dev: DmaDevice): number {
+    const live = this.#of(dev);
+    const n = live.size;
+    if (n > 0)
+      this.#report(
+        dev,
+        "leak-at-release",
+        `device driver has pending DMA allocations while released from device [count=${n}]; one of them: [device address=${hex([...live.values()][0]!.dma)}] [size=${[...live.values()][0]!.size} bytes]`,
+      );
+    return n;
+  }
+
+  liveMappings(dev: DmaDevice): number {
+    return this.#of(dev).size;
+  }
+}
