@@ -1,0 +1,26 @@
+/**
+ * peerbuf's public API: load a machine, ask the kernel model, run the DMA stack.
+ *
+ * @example
+ * import { loadInput, buildMachine, bootPci, explainPair } from "peerbuf";
+ * const m = buildMachine(await loadInput(["capture.tar.gz"]));
+ * const v = explainPair(bootPci(m), m.byBdf("0000:18:00.0")!, m.byBdf("0000:1a:00.0")!);
+ */
+
+export type { Finding, FindingCode, Severity } from "./core/analysis/findings.ts";
+export { computeMatrix, matrixFunctions } from "./core/analysis/matrix.ts";
+export { explainPair, pairVerdict } from "./core/analysis/p2p.ts";
+export { smiLevel } from "./core/analysis/smi.ts";
+export { buildTree } from "./core/analysis/tree.ts";
+export { InputError, PeerbufError, TopologyError } from "./core/errors.ts";
+export { parseMachineDocument, writeMachineJson, writeMachineYaml } from "./core/formats/machine-doc.ts";
+export type { BusAddr, DmaAddr, Iova, PhysAddr } from "./core/hw/address.ts";
+export { formatBdf, parseBdf } from "./core/hw/bdf.ts";
+export { buildMachine } from "./core/hw/machine.ts";
+export type { Machine, MachineDescription, PciFunction } from "./core/hw/machine.ts";
+export { DmaApi } from "./core/kernel/dma/mapping.ts";
+export { calcMapTypeAndDist, P2pdma } from "./core/kernel/pci/p2pdma.ts";
+export { bootPci } from "./core/kernel/pci/pci-view.ts";
+export { PROFILES } from "./core/kernel/profile.ts";
+export { System } from "./core/kernel/system.ts";
+export { loadInput } from "./node/load-input.ts";
