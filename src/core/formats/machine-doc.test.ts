@@ -840,7 +840,7 @@ describe("round trip", () => {
       fc.property(machineArb, (m) => {
         assert.deepStrictEqual(parse(writeMachineYaml(m)), m);
       }),
-      { numRuns: 4000 },
+      { numRuns: 200 },
     );
   });
 
@@ -864,7 +864,7 @@ describe("round trip", () => {
         assert.deepStrictEqual(parseMachineDocument("m.json", writeMachineJson(m)), m);
         assert.deepStrictEqual(parse(writeMachineYaml(m, { flat: true })), m);
       }),
-      { numRuns: 2000 },
+      { numRuns: 100 },
     );
   });
 
@@ -875,7 +875,7 @@ describe("round trip", () => {
         const flat = writeMachineYaml(m, { flat: true });
         assert.deepStrictEqual(parse(nested), parse(flat));
       }),
-      { numRuns: 1000 },
+      { numRuns: 50 },
     );
   });
 });
