@@ -103,22 +103,27 @@ export function buildProgram(): Command {
     )
     .option("--device <bdf>", "only this device's subtree and its path to the root")
     .option("--no-collapse", "list every one of repeated identical devices (VFs)")
-    .action(async (o: Common & { class?: string; device?: string; collapse?: boolean }) => {
-      const ctx = await loadContext(o.input, o);
-      const device = o.device !== undefined ? resolveDevice(ctx, o.device) : undefined;
-      const kinds = kindsOpt(o.class);
-      const roots = buildTree(ctx.machine, ctx.view, {
-        ...(kinds ? { kinds } : {}),
-        ...(device ? { device } : {}),
-        collapse: o.collapse !== false,
-        names: ctx.names,
-      });
-      if (o.json) writeJson({ input: ctx.inputLabel, data: { hostBridges: roots } });
-      else {
-        writeOut(renderTree(roots, colors(o.color)));
-        for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
-      }
-    });
+    .option("-v, --verbose", "also show each function's BARs")
+    .action(
+      async (
+        o: Common & { class?: string; device?: string; collapse?: boolean; verbose?: boolean },
+      ) => {
+        const ctx = await loadContext(o.input, o);
+        const device = o.device !== undefined ? resolveDevice(ctx, o.device) : undefined;
+        const kinds = kindsOpt(o.class);
+        const roots = buildTree(ctx.machine, ctx.view, {
+          ...(kinds ? { kinds } : {}),
+          ...(device ? { device } : {}),
+          collapse: o.collapse !== false,
+          names: ctx.names,
+        });
+        if (o.json) writeJson({ input: ctx.inputLabel, data: { hostBridges: roots } });
+        else {
+          writeOut(renderTree(roots, colors(o.color), o.verbose === true));
+          for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
+        }
+      },
+    );
 
   common(program.command("matrix"))
     .description("pairwise P2P verdicts (map type + the kernel's distance), or the nvidia-smi view")

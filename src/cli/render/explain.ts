@@ -1,7 +1,6 @@
 /** Text rendering of one pair's explanation: hops, verdict, findings with hints. */
 
 import type { PairExplanation } from "../../core/analysis/p2p.ts";
-import { isDowntrained } from "../../core/analysis/tree.ts";
 import type { Colors } from "../io.ts";
 import { formatLink } from "./tree.ts";
 
@@ -29,7 +28,7 @@ export function renderExplain(
         ? c.yellow("unknown")
         : "";
     const tested = h.tested ? "" : c.dim(" (not examined by the kernel)");
-    const link = h.link ? formatLink(h.link, isDowntrained(h.link)) : "";
+    const link = h.link ? formatLink(h.link, h.downtrained) : "";
     lines.push(
       `  ${h.role.padEnd(8)} ${h.bdf}  ${(h.pcieType ?? "").padEnd(15)} ${h.acsBits.padEnd(27)} ${mark}${tested}  ${c.dim(link)}`.trimEnd(),
     );

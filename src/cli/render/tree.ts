@@ -64,12 +64,27 @@ function label(n: TreeNode, c: Colors): string {
   return parts.join("  ");
 }
 
-export function renderTree(roots: readonly TreeRoot[], c: Colors): string {
+function size(v: bigint): string {
+  const units: [bigint, string][] = [
+    [1n << 30n, "G"],
+    [1n << 20n, "M"],
+    [1n << 10n, "K"],
+  ];
+  for (const [u, n] of units) if (v >= u && v % u === 0n) return `${v / u}${n}`;
+  return `${v}`;
+}
+
+export function renderTree(roots: readonly TreeRoot[], c: Colors, verbose = false): string {
   const lines: string[] = [];
   const walk = (nodes: readonly TreeNode[], prefix: string) => {
     nodes.forEach((n, i) => {
       const last = i === nodes.length - 1;
       lines.push(`${prefix}${last ? "└─ " : "├─ "}${label(n, c)}`);
+      if (verbose)
+        for (const b of n.bars ?? [])
+          lines.push(
+            `${prefix}${last ? "   " : "│  "}${n.children.length ? "│ " : "  "} ${c.dim(`BAR${b.index} ${b.mem ? "mem" : "io"}${b.is64 ? "64" : ""}${b.prefetchable ? " pref" : ""} 0x${b.start.toString(16)} [${size(b.size)}]`)}`,
+          );
       walk(n.children, `${prefix}${last ? "   " : "│  "}`);
     });
   };

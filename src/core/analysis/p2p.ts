@@ -18,6 +18,7 @@ import {
 } from "../kernel/pci/p2pdma.ts";
 import type { BootedPci } from "../kernel/pci/pci-view.ts";
 import type { Finding } from "./findings.ts";
+import { isDowntrained, linkPartner } from "./tree.ts";
 
 export interface Hop {
   readonly bdf: string;
@@ -29,6 +30,8 @@ export interface Hop {
   readonly redirects: boolean | undefined;
   readonly tested: boolean;
   readonly link?: LinkDescription;
+  /** Trained below what both ends of the link support. */
+  readonly downtrained: boolean;
 }
 
 export interface PairVerdict {
@@ -147,6 +150,7 @@ function hopsFor(
             : (ctrl & (ACS.RR | ACS.CR | ACS.EC)) !== 0,
       tested: tested.has(fn),
       ...(fn.desc.link ? { link: fn.desc.link } : {}),
+      downtrained: isDowntrained(fn.desc.link, linkPartner(fn)),
     };
   };
   const up: Hop[] = [];

@@ -31,6 +31,15 @@ export interface TreeNode {
   readonly numaNode?: number | null;
   readonly iommuGroup?: number | null;
   readonly driver?: string | null;
+  /** Memory and I/O BARs: CPU start and size. */
+  readonly bars?: readonly {
+    readonly index: number;
+    readonly start: bigint;
+    readonly size: bigint;
+    readonly prefetchable: boolean;
+    readonly is64: boolean;
+    readonly mem: boolean;
+  }[];
   readonly vf: boolean;
   readonly children: readonly TreeNode[];
   /** Set when this node stands for a run of identical siblings. */
@@ -53,12 +62,27 @@ export interface TreeOptions {
 
 const hex4 = (v: number | undefined) => (v ?? 0).toString(16).padStart(4, "0");
 
-export function isDowntrained(l: LinkDescription | undefined): boolean {
+/**
+ * A link trained below what both of its ends support. `partner` is the other end's link
+ * capability (the port above an endpoint, the device below a port), when known: a Gen4 device in
+ * a Gen5 slot is not downtrained.
+ */
+export function isDowntrained(l: LinkDescription | undefined, partner?: LinkDescription): boolean {
   if (!l) return false;
-  const slow = l.speed != null && l.maxSpeed != null && l.speed < l.maxSpeed;
-  const narrow =
-    l.width !== undefined && l.maxWidth !== undefined && l.width > 0 && l.width < l.maxWidth;
+  const cap = (a: number | null | undefined, b: number | null | undefined) =>
+    a != null && b != null ? Math.min(a, b) : (a ?? undefined);
+  const maxSpeed = cap(l.maxSpeed, partner?.maxSpeed);
+  const maxWidth = cap(l.maxWidth, partner?.maxWidth);
+  const slow = l.speed != null && maxSpeed != null && l.speed < maxSpeed;
+  const narrow = l.width !== undefined && maxWidth != null && l.width > 0 && l.width < maxWidth;
   return slow || narrow;
+}
+
+/** The other end of a function's upstream link (port above), or of a port's downstream link. */
+export function linkPartner(f: PciFunction): LinkDescription | undefined {
+  const t = f.desc.pcieType;
+  if (t === "root-port" || t === "downstream-port") return f.children[0]?.desc.link;
+  return f.parent?.desc.link;
 }
 
 function deviceName(f: PciFunction, names?: Names): string | undefined {
@@ -107,7 +131,7 @@ export function buildTree(
       ...(name ? { name } : {}),
       pcieType: f.desc.pcieType ?? null,
       ...(f.desc.link ? { link: f.desc.link } : {}),
-      downtrained: isDowntrained(f.desc.link),
+      downtrained: isDowntrained(f.desc.link, linkPartner(f)),
       ...(acsDesc === null
         ? { acs: null }
         : acsDesc
@@ -122,6 +146,7 @@ export function buildTree(
       ...(f.desc.numaNode !== undefined ? { numaNode: f.desc.numaNode } : {}),
       ...(f.desc.iommuGroup !== undefined ? { iommuGroup: f.desc.iommuGroup } : {}),
       ...(f.desc.driver !== undefined ? { driver: f.desc.driver } : {}),
+      ...(f.desc.bars?.length ? { bars: f.desc.bars } : {}),
       vf: f.physfn !== null,
       children: collapse(kids.map(node), opts.collapse ?? true),
     };
