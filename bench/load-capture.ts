@@ -35,7 +35,8 @@ export async function benchLoadCapture(): Promise<BenchResult> {
       acsEvery: 3,
     });
     writeSyntheticTree(t, dir);
-    const bin = new URL("../bin/peerbuf.mjs", import.meta.url).pathname;
+    // the compiled CLI (npm run bench builds it first), as an installed peerbuf runs
+    const bin = new URL("../dist/cli/main.js", import.meta.url).pathname;
     const ours = () => time(process.execPath, [bin, "tree", "--input", dir, "--json"]);
     const hwloc = () =>
       time("lstopo-no-graphics", ["--input", dir, "--whole-io", "--of", "xml", "-"], {
