@@ -236,6 +236,19 @@ export class System {
     return pages;
   }
 
+  /** A device writes at a DMA address (through the fabric); dma-debug notes what it touched. */
+  deviceWrite(dev: DmaDevice, dma: bigint, data: Uint8Array): ReturnType<Fabric["dmaWrite"]> {
+    const r = this.fabric.dmaWrite(dev.fn, dma, data);
+    if (r.ok) this.debug?.deviceWrote(dev, dma, BigInt(data.length));
+    return r;
+  }
+
+  /** The CPU reads memory (kernel direct map); dma-debug checks it synced what devices wrote. */
+  cpuRead(phys: PhysAddr, len: number): Uint8Array {
+    this.debug?.cpuRead(phys, BigInt(len));
+    return this.memory.read(phys, len);
+  }
+
   /** Physical address of a page. */
   static phys(p: Page): PhysAddr {
     return physAddr(p.pfn << BigInt(PAGE_SHIFT));

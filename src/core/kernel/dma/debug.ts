@@ -21,7 +21,8 @@ export type DmaDebugCode =
   | "sync-out-of-range"
   | "sync-wrong-direction"
   | "map-error-not-checked"
-  | "leak-at-release";
+  | "leak-at-release"
+  | "cpu-access-without-sync";
 
 export interface DmaDebugReport {
   readonly code: DmaDebugCode;
@@ -47,6 +48,8 @@ interface Entry {
   readonly dir: DmaDirection;
   readonly phys?: PhysAddr;
   checked: boolean;
+  /** The device wrote into it since the last sync for the CPU. */
+  deviceDirty: boolean;
 }
 
 const hex = (v: bigint) => `0x${v.toString(16).padStart(16, "0")}`;
@@ -82,7 +85,7 @@ export class DmaDebug {
     e: { kind: Kind; dma: DmaAddr; size: bigint; dir: DmaDirection; phys?: PhysAddr },
   ): void {
     if (e.dma === DMA_MAPPING_ERROR) return;
-    this.#of(dev).set(e.dma, { ...e, checked: false });
+    this.#of(dev).set(e.dma, { ...e, checked: false, deviceDirty: false });
     this.#freed.get(dev.name)?.delete(e.dma);
   }
 
@@ -101,6 +104,7 @@ export class DmaDebug {
         size: BigInt(s.dma_length),
         dir,
         checked: true,
+        deviceDirty: false,
       });
       this.#freed.get(dev.name)?.delete(s.dma_address);
       i++;
@@ -184,12 +188,40 @@ export class DmaDebug {
         "sync-out-of-range",
         `device driver syncs DMA memory outside allocated range [device address=${hex(dma)}] [allocation size=${hit.size} bytes] [sync offset+size=${dma - hit.dma + size}]`,
       );
+    if (to === "cpu") hit.deviceDirty = false;
     if (hit.dir !== dir && hit.dir !== "bidirectional")
       this.#report(
         dev,
         "sync-wrong-direction",
         `device driver syncs DMA memory with different direction for ${to} [mapped with ${hit.dir}] [synced with ${dir}]`,
       );
+  }
+
+  /** The device wrote [dma, dma+len): the CPU must sync before it reads the memory behind it. */
+  deviceWrote(dev: DmaDevice, dma: bigint, len: bigint): void {
+    for (const e of this.#of(dev).values())
+      if (dma < e.dma + e.size && e.dma < dma + len) e.deviceDirty = true;
+  }
+
+  /**
+   * The CPU reads physical [phys, phys+len): any streaming single mapping over it that the device
+   * wrote and nobody synced for the CPU is a report (the kernel's rule; with a non-coherent device
+   * or a bounce buffer the CPU would read stale data).
+   */
+  cpuRead(phys: bigint, len: bigint): void {
+    for (const [name, live] of this.#live)
+      for (const e of live.values()) {
+        if (!e.deviceDirty || e.phys === undefined || e.kind === "resource") continue;
+        if (phys < e.phys + e.size && e.phys < phys + len) {
+          const r = {
+            code: "cpu-access-without-sync" as const,
+            device: name,
+            message: `CPU reads DMA memory the device wrote without dma_sync_*_for_cpu() or unmap [device address=${hex(e.dma)}] [size=${e.size} bytes]`,
+          };
+          this.reports.push(r);
+          if (this.strict) throw new DmaDebugError(r);
+        }
+      }
   }
 
   /** models dma_debug_device_change(BUS_NOTIFY_UNBOUND_DRIVER): leaks at release. */

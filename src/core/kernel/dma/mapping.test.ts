@@ -145,6 +145,26 @@ describe("DMA API with a real data plane", () => {
     assert.deepEqual(sys.memory.read(phys, 4096), bytes(4096, 2));
   });
 
+  it("dma-debug reports a CPU read of device-written memory before dma_sync_single_for_cpu", () => {
+    const sys = new System(desc(0).iommu("dma").build(), { dmaDebug: true });
+    const dev = sys.device("05:00.0");
+    const [page] = sys.allocPages(4096n);
+    const phys = System.phys(page!);
+    const dma = sys.dma.mapPhys(dev, phys, 4096n, "from-device");
+    sys.dma.mappingError(dev, dma);
+    assert.ok(sys.deviceWrite(dev, dma, bytes(64)).ok);
+    sys.cpuRead(phys, 64);
+    assert.deepEqual(
+      sys.debug!.reports.map((r) => r.code),
+      ["cpu-access-without-sync"],
+    );
+    sys.dma.syncSingleForCpu(dev, dma, 4096n, "from-device");
+    assert.deepEqual(sys.cpuRead(phys, 64), bytes(64));
+    assert.equal(sys.debug!.reports.length, 1, "after the sync the read is fine");
+    sys.dma.unmapPhys(dev, dma, 4096n, "from-device");
+    assert.equal(sys.debug!.released(dev), 0);
+  });
+
   it("dma-debug reports unmapping what was not mapped, wrong sizes, double unmaps and leaks", () => {
     const sys = new System(desc(0).iommu("dma").build(), { dmaDebug: true });
     const dev = sys.device("05:00.0");
