@@ -15,19 +15,31 @@ import {
 
 describe("errno", () => {
   it("has the Linux numbers", () => {
+    // asm-generic/errno-base.h and errno.h (x86 uses the generic numbers)
     assert.deepEqual(ERRNO, {
       EPERM: 1,
       ENOENT: 2,
+      EINTR: 4,
       EIO: 5,
       EBADF: 9,
+      EAGAIN: 11,
       ENOMEM: 12,
+      EACCES: 13,
       EFAULT: 14,
       EBUSY: 16,
+      EEXIST: 17,
       ENODEV: 19,
       EINVAL: 22,
+      EMFILE: 24,
+      ENOTTY: 25,
       ENOSPC: 28,
+      ESPIPE: 29,
+      EDEADLK: 35,
+      EOVERFLOW: 75,
       EOPNOTSUPP: 95,
+      EALREADY: 114,
       EREMOTEIO: 121,
+      ERESTARTSYS: 512,
     });
     assert.equal(errnoNumber("EREMOTEIO"), 121);
     assert.equal(negErrno("EINVAL"), -22);

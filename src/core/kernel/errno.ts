@@ -10,16 +10,28 @@
 export const ERRNO = {
   EPERM: 1,
   ENOENT: 2,
+  EINTR: 4,
   EIO: 5,
   EBADF: 9,
+  EAGAIN: 11,
   ENOMEM: 12,
+  EACCES: 13,
   EFAULT: 14,
   EBUSY: 16,
+  EEXIST: 17,
   ENODEV: 19,
   EINVAL: 22,
+  EMFILE: 24,
+  ENOTTY: 25,
   ENOSPC: 28,
+  ESPIPE: 29,
+  EDEADLK: 35,
+  EOVERFLOW: 75,
   EOPNOTSUPP: 95,
+  EALREADY: 114,
   EREMOTEIO: 121,
+  /** Kernel-internal: never reaches user space. */
+  ERESTARTSYS: 512,
 } as const;
 
 export type Errno = keyof typeof ERRNO;
@@ -28,16 +40,27 @@ export type Errno = keyof typeof ERRNO;
 export const ERRNO_MESSAGE: Readonly<Record<Errno, string>> = {
   EPERM: "Operation not permitted",
   ENOENT: "No such file or directory",
+  EINTR: "Interrupted system call",
   EIO: "Input/output error",
   EBADF: "Bad file descriptor",
+  EAGAIN: "Resource temporarily unavailable",
   ENOMEM: "Cannot allocate memory",
+  EACCES: "Permission denied",
   EFAULT: "Bad address",
   EBUSY: "Device or resource busy",
+  EEXIST: "File exists",
   ENODEV: "No such device",
   EINVAL: "Invalid argument",
+  EMFILE: "Too many open files",
+  ENOTTY: "Inappropriate ioctl for device",
   ENOSPC: "No space left on device",
+  ESPIPE: "Illegal seek",
+  EDEADLK: "Resource deadlock avoided",
+  EOVERFLOW: "Value too large for defined data type",
   EOPNOTSUPP: "Operation not supported",
+  EALREADY: "Operation already in progress",
   EREMOTEIO: "Remote I/O error",
+  ERESTARTSYS: "Interrupted system call (restart)",
 };
 
 /** The positive number of an errno name (`EINVAL` -> 22). */

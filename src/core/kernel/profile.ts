@@ -61,6 +61,53 @@ export interface KernelProfile {
     readonly perCpu: FlushQueueGeometry;
     readonly single: FlushQueueGeometry | null;
   };
+  /** The dma-buf core (drivers/dma-buf/dma-buf.c); spec dma-buf.md §2, §3.3, §7. */
+  readonly dmaBuf: DmaBufProfile;
+}
+
+/** What differs in the dma-buf core between kernel versions. */
+export interface DmaBufProfile {
+  /**
+   * `dma_buf_ops.cache_sgt_mapping` exists: the core caches an exporter's first mapping per
+   * attachment, and `dma_buf_export` refuses it together with pin/unpin (WARN, -EINVAL).
+   * Removed by "dma-buf: drop caching of sg_tables" (b72f66f22c0e, ~6.15).
+   */
+  readonly cacheSgtMapping: boolean;
+  /**
+   * `dma_buf_dynamic_attach` maps at attach time (DMA_BIDIRECTIONAL, pinning a dynamic exporter
+   * first) and caches the table when exactly one of importer/exporter is dynamic; `detach`
+   * unmaps (and unpins) it. Removed by "dma-buf: stop mapping sg_tables on attach v2"
+   * (de68b17d5d07, ~6.15).
+   */
+  readonly mapOnAttachIfMismatch: boolean;
+  /**
+   * When `dma_buf_map_attachment` pins (and unmap unpins). `exporter-dynamic-no-move-notify`
+   * (6.1): exporter has pin and CONFIG_DMABUF_MOVE_NOTIFY is off (static importers of dynamic
+   * exporters were pinned at attach). `pin-on-map` (mainline `dma_buf_pin_on_map`): exporter has
+   * pin and (importer is static or CONFIG_DMABUF_MOVE_NOTIFY is off).
+   */
+  readonly pinOnMap: "exporter-dynamic-no-move-notify" | "pin-on-map";
+  /**
+   * Which map/unmap calls assert the resv lock: `dynamic` (6.1: only when the importer or the
+   * exporter is dynamic) or `always` (mainline: every attachment).
+   */
+  readonly mapAssertsResv: "dynamic" | "always";
+  /** Map warns (WARN_ON_ONCE) when the exporter's pin returns -EBUSY (mainline only). */
+  readonly warnOnPinBusy: boolean;
+  /**
+   * CONFIG_DMABUF_DEBUG. `xor-page-link` (6.1 `mangle_sg_table`): the exporter's own table is
+   * handed over with every CPU entry's `page_link` XORed with ~0xff (CHAIN/END bits kept) and
+   * XORed back at unmap; an importer's `sg_page()` yields a wild pointer (the model throws).
+   * `null-page-copy` (mainline "improve sg_table debugging hack v3"): the importer gets a copy
+   * with `nents` entries, page NULL, offset and length 0, the DMA address and length copied; the
+   * exporter's table is untouched and comes back at unmap; `sg_page()` yields NULL.
+   */
+  readonly debugSgt: "xor-page-link" | "null-page-copy";
+  /**
+   * How vmap/vunmap are serialised: `dmabuf-mutex` (6.1: `dmabuf->lock`, taken inside; callers
+   * need not hold the resv) or `resv` (mainline: caller holds the resv; `_unlocked` variants).
+   */
+  readonly vmapLock: "dmabuf-mutex" | "resv";
 }
 
 export interface FlushQueueGeometry {
@@ -128,6 +175,15 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     iovaRcache: { magSize: 127, depot: { kind: "array", maxGlobalMags: 32 } },
     pciSacFirst: "every-allocation",
     iovaFlushQueue: { perCpu: { size: 256, timeoutMs: 10 }, single: null },
+    dmaBuf: {
+      cacheSgtMapping: true,
+      mapOnAttachIfMismatch: true,
+      pinOnMap: "exporter-dynamic-no-move-notify",
+      mapAssertsResv: "dynamic",
+      warnOnPinBusy: false,
+      debugSgt: "xor-page-link",
+      vmapLock: "dmabuf-mutex",
+    },
   },
   mainline: {
     id: "mainline",
@@ -150,6 +206,15 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
     iovaFlushQueue: {
       perCpu: { size: 256, timeoutMs: 10 },
       single: { size: 32768, timeoutMs: 1000 },
+    },
+    dmaBuf: {
+      cacheSgtMapping: false,
+      mapOnAttachIfMismatch: false,
+      pinOnMap: "pin-on-map",
+      mapAssertsResv: "always",
+      warnOnPinBusy: true,
+      debugSgt: "null-page-copy",
+      vmapLock: "resv",
     },
   },
 };
