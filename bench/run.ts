@@ -3,6 +3,7 @@
  * table and writes bench/results.json as [{ name, value, unit, baseline, ratio }]. Names are stable.
  */
 import { writeFileSync } from "node:fs";
+import { isolated } from "./isolate.ts";
 import { benchLoadCapture } from "./load-capture.ts";
 import { benchMatrix } from "./matrix.ts";
 
@@ -22,6 +23,15 @@ const only = process.argv.slice(2);
 const all: [string, () => Promise<BenchResult>][] = [
   ["load-capture-vs-hwloc", benchLoadCapture],
   ["matrix-4096-vs-naive", benchMatrix],
+  // gigabyte buffers and RSS readings: each in its own process
+  ...(
+    [
+      "dma-1GiB-scattered-vs-copy",
+      "dma-1GiB-contiguous-vs-copy",
+      "iova-alloc-free-vs-no-cache",
+      "bar-96GiB-touch-1GiB-rss",
+    ] as const
+  ).map((n): [string, () => Promise<BenchResult>] => [n, async () => isolated(n)]),
 ];
 const results: BenchResult[] = [];
 for (const [name, fn] of all) {

@@ -13,11 +13,15 @@ export { explainPair, pairVerdict } from "./core/analysis/p2p.ts";
 export { smiLevel } from "./core/analysis/smi.ts";
 export { buildTree } from "./core/analysis/tree.ts";
 export { InputError, PeerbufError, TopologyError } from "./core/errors.ts";
-export { parseMachineDocument, writeMachineJson, writeMachineYaml } from "./core/formats/machine-doc.ts";
+export {
+  parseMachineDocument,
+  writeMachineJson,
+  writeMachineYaml,
+} from "./core/formats/machine-doc.ts";
 export type { BusAddr, DmaAddr, Iova, PhysAddr } from "./core/hw/address.ts";
 export { formatBdf, parseBdf } from "./core/hw/bdf.ts";
-export { buildMachine } from "./core/hw/machine.ts";
 export type { Machine, MachineDescription, PciFunction } from "./core/hw/machine.ts";
+export { buildMachine } from "./core/hw/machine.ts";
 export { DmaApi } from "./core/kernel/dma/mapping.ts";
 export { calcMapTypeAndDist, P2pdma } from "./core/kernel/pci/p2pdma.ts";
 export { bootPci } from "./core/kernel/pci/pci-view.ts";

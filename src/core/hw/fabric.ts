@@ -5,13 +5,17 @@
  * root complex when no bridge below claims it or an ACS port redirects it — then through the
  * requester's IOMMU domain (translate or fault) to RAM or to a BAR. A faulting transfer changes no
  * byte. Every transfer is counted per link it crosses.
+ *
+ * A request is translated whole into physically contiguous runs, every run is checked, and then
+ * each run is one copy: a 1 GiB transfer over 262,144 scattered pages is 262,144 memcpys with no
+ * bigint arithmetic between them.
  */
 
 import type { PhysAddr } from "./address.ts";
 import { ACS } from "./config-space.ts";
-import type { IommuPageTable } from "./iommu.ts";
+import type { IommuPageTable, RunSink } from "./iommu.ts";
 import type { HostBridge, Machine, PciFunction } from "./machine.ts";
-import type { PhysicalMemory, Region } from "./memory.ts";
+import { MAX_EXACT_ADDR, type PhysicalMemory, type Region } from "./memory.ts";
 
 export interface FabricPlatform {
   /** Live ACS control word of a function (null: no capability; undefined: unknown, taken as 0). */
@@ -147,11 +151,36 @@ export class Fabric {
   }
 
   #count(fn: PciFunction, upTo: PciFunction | null, dir: "up" | "down", bytes: number): void {
+    const n = BigInt(bytes);
     for (let p: PciFunction | null = fn; p && p !== upTo; p = p.parent) {
-      const t = this.traffic.get(p.name) ?? { up: 0n, down: 0n };
-      t[dir] += BigInt(bytes);
-      this.traffic.set(p.name, t);
+      const t = this.traffic.get(p.name);
+      if (t) t[dir] += n;
+      else this.traffic.set(p.name, dir === "up" ? { up: n, down: 0n } : { up: 0n, down: n });
     }
+  }
+
+  // The runs of the request being served, as the IOMMU (or the absence of one) delivered them:
+  // [first granule, offset into it, bytes] triples over granules of #runGranule bytes. Kept
+  // between requests (it grows to the largest one) so a request allocates nothing per page.
+  #runs = new Float64Array(3 * 64);
+  #nRuns = 0;
+  #runGranule = 4096;
+  readonly #sink: RunSink = (g, off, len) => {
+    let r = this.#runs;
+    const k = 3 * this.#nRuns++;
+    if (k + 3 > r.length) {
+      r = new Float64Array(2 * r.length);
+      r.set(this.#runs);
+      this.#runs = r;
+    }
+    r[k] = g;
+    r[k + 1] = off;
+    r[k + 2] = len;
+  };
+
+  /** Physical address `skip` bytes into run `k` (an index into #runs), exactly. */
+  #bigPhys(k: number, skip: number): bigint {
+    return BigInt(this.#runs[k]!) * BigInt(this.#runGranule) + BigInt(this.#runs[k + 1]! + skip);
   }
 
   #dma(
@@ -184,69 +213,109 @@ export class Fabric {
         ...(write ? {} : { data: this.memory.read(phys as PhysAddr, length) }),
       };
     }
-    // up to the root complex: IOMMU translation per contiguous run, all checked before any byte moves
+    // up to the root complex: IOMMU translation of the whole request into physically contiguous
+    // runs, every run checked against the memory map, and only then any byte moved
     const table = this.#domains.get(requester);
-    const runs: { phys: bigint; len: number; region: Region }[] = [];
-    let done = 0;
-    while (done < length) {
-      const a = addr + BigInt(done);
-      let phys: bigint;
-      let run: bigint;
-      if (table) {
-        const t = table.translate(a, write);
-        if (!t.ok)
-          return this.#fault(
-            requester,
-            a,
-            write,
-            length,
-            `IOMMU fault: ${t.reason}`,
-            `IOMMU domain of ${requester.name}`,
-          );
-        phys = t.phys;
-        run = t.run;
-      } else {
-        phys = a - this.#platform.busOffset(requester.hostBridge);
-        run = BigInt(length - done);
-      }
-      const region = this.memory.regionAt(phys);
-      if (!region)
+    // a zero-length request is checked as if it were one byte long, and moves nothing
+    const probe = Math.max(length, 1);
+    this.#nRuns = 0;
+    let iommuFault: { readonly at: number; readonly reason: string } | null = null;
+    if (table) {
+      this.#runGranule = Number(table.granule);
+      iommuFault = table.translateRuns(addr, probe, write, this.#sink);
+    } else {
+      const phys = addr - this.#platform.busOffset(requester.hostBridge);
+      if (phys < 0n)
         return this.#fault(
           requester,
-          a,
+          addr,
           write,
           length,
           `no memory or BAR at physical 0x${phys.toString(16)} (unsupported request)`,
           "root complex",
         );
-      const n = Number(
-        [run, region.end - phys, BigInt(length - done)].reduce((x, y) => (x < y ? x : y)),
-      );
-      if (region.kind === "bar") {
-        const to = region.owner!;
-        if (to !== requester && !this.#platform.rootComplexP2p(requester.hostBridge, to.hostBridge))
+      this.#runGranule = 4096;
+      this.#sink(Number(phys >> 12n), Number(phys & 4095n), probe);
+    }
+    const mem = this.memory;
+    const G = this.#runGranule;
+    const runs = this.#runs;
+    const nRuns = 3 * this.#nRuns;
+    const regions = mem.regions;
+    let first: Region | undefined;
+    let bars: Map<PciFunction, number> | undefined;
+    let at = 0;
+    for (let k = 0; k < nRuns; k += 3) {
+      const len = runs[k + 2]!;
+      const p = runs[k]! * G + runs[k + 1]!;
+      const exact = p + len <= MAX_EXACT_ADDR;
+      for (let done = 0; done < len; ) {
+        let region: Region | undefined;
+        let n = 0;
+        if (exact) {
+          const i = mem.indexAt(p + done);
+          region = regions[i];
+          if (region) n = Math.min(len - done, mem.endOf(i) - (p + done));
+        } else {
+          const bp = this.#bigPhys(k, done);
+          region = mem.regionAt(bp);
+          if (region)
+            n = Number(region.end - bp < BigInt(len - done) ? region.end - bp : len - done);
+        }
+        if (!region)
           return this.#fault(
             requester,
-            a,
+            addr + BigInt(at + done),
             write,
             length,
-            `the root complex does not forward peer-to-peer requests to ${to.name}`,
-            `pci${requester.hostBridge.id}`,
+            `no memory or BAR at physical 0x${this.#bigPhys(k, done).toString(16)} (unsupported request)`,
+            "root complex",
           );
+        if (region.kind === "bar") {
+          const to = region.owner!;
+          if (
+            to !== requester &&
+            !this.#platform.rootComplexP2p(requester.hostBridge, to.hostBridge)
+          )
+            return this.#fault(
+              requester,
+              addr + BigInt(at + done),
+              write,
+              length,
+              `the root complex does not forward peer-to-peer requests to ${to.name}`,
+              `pci${requester.hostBridge.id}`,
+            );
+          bars ??= new Map();
+          bars.set(to, (bars.get(to) ?? 0) + n);
+        }
+        first ??= region;
+        done += n;
       }
-      runs.push({ phys, len: n, region });
-      done += n;
+      at += len;
     }
+    if (iommuFault)
+      return this.#fault(
+        requester,
+        addr + BigInt(iommuFault.at),
+        write,
+        length,
+        `IOMMU fault: ${iommuFault.reason}`,
+        `IOMMU domain of ${requester.name}`,
+      );
     this.#count(requester, null, "up", length);
+    if (bars) for (const [fn, n] of bars) this.#count(fn, null, "down", n);
     const out = write ? undefined : new Uint8Array(length);
-    let at = 0;
-    for (const r of runs) {
-      if (r.region.kind === "bar" && r.region.owner)
-        this.#count(r.region.owner, null, "down", r.len);
-      if (write) this.memory.write(r.phys as PhysAddr, data!.subarray(at, at + r.len));
-      else out!.set(this.memory.read(r.phys as PhysAddr, r.len), at);
-      at += r.len;
+    at = 0;
+    for (let k = 0; k < (length > 0 ? nRuns : 0); k += 3) {
+      const len = runs[k + 2]!;
+      const p = runs[k]! * G + runs[k + 1]!;
+      if (p + len <= MAX_EXACT_ADDR) {
+        if (write) mem.writeAt(p, data!, at, len);
+        else mem.readAt(p, out!, at, len);
+      } else if (write) mem.write(this.#bigPhys(k, 0) as PhysAddr, data!.subarray(at, at + len));
+      else out!.set(mem.read(this.#bigPhys(k, 0) as PhysAddr, len), at);
+      at += len;
     }
-    return { ok: true, route, target: runs[0]!.region, ...(out ? { data: out } : {}) };
+    return { ok: true, route, target: first!, ...(out ? { data: out } : {}) };
   }
 }

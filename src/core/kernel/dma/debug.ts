@@ -57,7 +57,8 @@ const hex = (v: bigint) => `0x${v.toString(16).padStart(16, "0")}`;
 export class DmaDebug {
   readonly reports: DmaDebugReport[] = [];
   readonly strict: boolean;
-  readonly #live = new Map<string, Map<bigint, Entry>>();
+  /** Per device, per DMA address: every live mapping there (the same page may be mapped twice). */
+  readonly #live = new Map<string, Map<bigint, Entry[]>>();
   readonly #freed = new Map<string, Set<bigint>>();
 
   constructor(opts: { strict?: boolean } = {}) {
@@ -70,7 +71,7 @@ export class DmaDebug {
     if (this.strict) throw new DmaDebugError(r);
   }
 
-  #of(dev: DmaDevice): Map<bigint, Entry> {
+  #of(dev: DmaDevice): Map<bigint, Entry[]> {
     let m = this.#live.get(dev.name);
     if (!m) {
       m = new Map();
@@ -79,26 +80,36 @@ export class DmaDebug {
     return m;
   }
 
+  #add(dev: DmaDevice, e: Entry): void {
+    const m = this.#of(dev);
+    const list = m.get(e.dma);
+    if (list) list.push(e);
+    else m.set(e.dma, [e]);
+  }
+
+  *#entries(dev: DmaDevice): Generator<Entry> {
+    for (const list of this.#of(dev).values()) yield* list;
+  }
+
   /** models debug_dma_map_phys(). A failed mapping is not recorded. */
   mapped(
     dev: DmaDevice,
     e: { kind: Kind; dma: DmaAddr; size: bigint; dir: DmaDirection; phys?: PhysAddr },
   ): void {
     if (e.dma === DMA_MAPPING_ERROR) return;
-    this.#of(dev).set(e.dma, { ...e, checked: false, deviceDirty: false });
+    this.#add(dev, { ...e, checked: false, deviceDirty: false });
     this.#freed.get(dev.name)?.delete(e.dma);
   }
 
   /** models debug_dma_mapping_error(): the driver looked at the result. */
   checkedError(dev: DmaDevice, dma: DmaAddr): void {
-    const e = this.#of(dev).get(dma);
-    if (e) e.checked = true;
+    for (const e of this.#of(dev).get(dma) ?? []) e.checked = true;
   }
 
   mappedSg(dev: DmaDevice, sgt: SgTable, nents: number, dir: DmaDirection): void {
     let i = 0;
     for (const s of for_each_sg(sgt.sgl!, nents)) {
-      this.#of(dev).set(s.dma_address, {
+      this.#add(dev, {
         kind: "sg",
         dma: s.dma_address,
         size: BigInt(s.dma_length),
@@ -115,8 +126,13 @@ export class DmaDebug {
   /** models check_unmap(). */
   unmapped(dev: DmaDevice, u: { kind: Kind; dma: DmaAddr; size: bigint; dir: DmaDirection }): void {
     const live = this.#of(dev);
-    const e = live.get(u.dma);
-    if (!e) {
+    const list = live.get(u.dma);
+    // the kernel's bucket_find_exact: prefer the entry that matches size, direction and kind
+    const e =
+      list?.find((x) => x.size === u.size && x.dir === u.dir && x.kind === u.kind) ??
+      list?.find((x) => x.size === u.size) ??
+      list?.[0];
+    if (!e || !list) {
       const twice = this.#freed.get(dev.name)?.has(u.dma);
       this.#report(
         dev,
@@ -149,7 +165,8 @@ export class DmaDebug {
         "map-error-not-checked",
         `device driver failed to check map error [device address=${hex(u.dma)}] [size=${u.size} bytes] [mapped as ${e.kind}]`,
       );
-    live.delete(u.dma);
+    list.splice(list.indexOf(e), 1);
+    if (list.length === 0) live.delete(u.dma);
     let f = this.#freed.get(dev.name);
     if (!f) {
       f = new Set();
@@ -171,9 +188,8 @@ export class DmaDebug {
     dir: DmaDirection,
     to: "cpu" | "device",
   ): void {
-    const live = this.#of(dev);
     let hit: Entry | undefined;
-    for (const e of live.values()) if (dma >= e.dma && dma < e.dma + e.size) hit = e;
+    for (const e of this.#entries(dev)) if (dma >= e.dma && dma < e.dma + e.size) hit = e;
     if (!hit) {
       this.#report(
         dev,
@@ -199,7 +215,7 @@ export class DmaDebug {
 
   /** The device wrote [dma, dma+len): the CPU must sync before it reads the memory behind it. */
   deviceWrote(dev: DmaDevice, dma: bigint, len: bigint): void {
-    for (const e of this.#of(dev).values())
+    for (const e of this.#entries(dev))
       if (dma < e.dma + e.size && e.dma < dma + len) e.deviceDirty = true;
   }
 
@@ -210,7 +226,7 @@ export class DmaDebug {
    */
   cpuRead(phys: bigint, len: bigint): void {
     for (const [name, live] of this.#live)
-      for (const e of live.values()) {
+      for (const e of [...live.values()].flat()) {
         if (!e.deviceDirty || e.phys === undefined || e.kind === "resource") continue;
         if (phys < e.phys + e.size && e.phys < phys + len) {
           const r = {
@@ -226,18 +242,18 @@ export class DmaDebug {
 
   /** models dma_debug_device_change(BUS_NOTIFY_UNBOUND_DRIVER): leaks at release. */
   released(dev: DmaDevice): number {
-    const live = this.#of(dev);
-    const n = live.size;
+    const all = [...this.#entries(dev)];
+    const n = all.length;
     if (n > 0)
       this.#report(
         dev,
         "leak-at-release",
-        `device driver has pending DMA allocations while released from device [count=${n}]; one of them: [device address=${hex([...live.values()][0]!.dma)}] [size=${[...live.values()][0]!.size} bytes]`,
+        `device driver has pending DMA allocations while released from device [count=${n}]; one of them: [device address=${hex(all[0]!.dma)}] [size=${all[0]!.size} bytes]`,
       );
     return n;
   }
 
   liveMappings(dev: DmaDevice): number {
-    return this.#of(dev).size;
+    return [...this.#entries(dev)].length;
   }
 }

@@ -123,7 +123,7 @@ export class DmaApi {
   ): void {
     this.#d.debug?.unmapped(dev, { kind: attrs.mmio ? "resource" : "single", dma, size, dir });
     if (DmaApi.goDirect(dev)) {
-      this.#d.swiotlb?.unmapIfBounced(dev, dma, size, dir);
+      this.#d.swiotlb?.unmapIfBounced(dev, dma, size, dir, attrs.skipCpuSync === true);
       return;
     }
     this.#iommuUnmap(dev, dma, size);
@@ -247,12 +247,19 @@ export class DmaApi {
     sgl: Scatterlist,
     nents: number,
     dir: DmaDirection,
-    _attrs: DmaAttrs = {},
+    attrs: DmaAttrs = {},
   ): void {
     if (DmaApi.goDirect(dev)) {
       for (const s of for_each_sg(sgl, nents)) {
         if (sg_dma_is_bus_address(s)) sg_dma_unmark_bus_address(s);
-        else this.#d.swiotlb?.unmapIfBounced(dev, s.dma_address, BigInt(s.dma_length), dir);
+        else
+          this.#d.swiotlb?.unmapIfBounced(
+            dev,
+            s.dma_address,
+            BigInt(s.dma_length),
+            dir,
+            attrs.skipCpuSync === true,
+          );
       }
       return;
     }

@@ -54,8 +54,10 @@ export class Swiotlb {
           if (tlb + size - 1n > dmaLimit(dev)) return DMA_MAPPING_ERROR;
           this.#used.fill(1, first, i + 1);
           this.#live.set(tlb, { tlb, orig, size, slots: n, first });
-          if (dir === "to-device" || dir === "bidirectional")
-            this.#memory.write(tlb as PhysAddr, this.#memory.read(orig, Number(size)));
+          // every direction: a from-device slot must not leak stale bytes back at unmap
+          // (6.1 bounces unconditionally since "swiotlb: rework fix info leak")
+          void dir;
+          this.#memory.write(tlb as PhysAddr, this.#memory.read(orig, Number(size)));
           return dmaAddr(tlb);
         }
       }
@@ -68,10 +70,16 @@ export class Swiotlb {
   }
 
   /** models swiotlb_tbl_unmap_single(): copy back what the device wrote, free the slots. */
-  unmapIfBounced(_dev: DmaDevice, dma: bigint, _size: bigint, dir: DmaDirection): void {
+  unmapIfBounced(
+    _dev: DmaDevice,
+    dma: bigint,
+    _size: bigint,
+    dir: DmaDirection,
+    skipCpuSync = false,
+  ): void {
     const b = this.#live.get(dma);
     if (!b) return;
-    if (dir === "from-device" || dir === "bidirectional")
+    if (!skipCpuSync && (dir === "from-device" || dir === "bidirectional"))
       this.#memory.write(b.orig as PhysAddr, this.#memory.read(b.tlb as PhysAddr, Number(b.size)));
     this.#used.fill(0, b.first, b.first + b.slots);
     this.#live.delete(dma);
