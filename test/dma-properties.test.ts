@@ -13,8 +13,8 @@
  * 5. with dma-debug strict, a misused unmap throws DmaDebugError naming the device.
  *
  * Pages of live mappings are kept disjoint: 6.1's dma-debug reports overlapping device-writable
- * mappings ("cacheline tracking EEXIST"), which the model does not, and the model mishandles two
- * mappings at one DMA address. The swiotlb and dma-debug bugs the properties found have regression tests
+ * mappings ("cacheline tracking EEXIST"), which the model does not model yet.
+ * The swiotlb and dma-debug bugs the properties found have regression tests
  * at the end.
  */
 import assert from "node:assert/strict";
