@@ -23,6 +23,7 @@ import {
   UnknownProfileError,
 } from "../core/kernel/pci/pci-view.ts";
 import { PROFILES } from "../core/kernel/profile.ts";
+import { editDistance } from "../core/text.ts";
 import { loadInput } from "../node/load-input.ts";
 import { systemNames } from "../node/names.ts";
 import { UsageError } from "./io.ts";
@@ -180,25 +181,11 @@ function suggest(ctx: Context, text: string): string {
       const cands = [f.name, f.name.slice(5), labels.get(f)!, ctx.nameOf(f).toLowerCase()];
       return {
         f,
-        d: Math.min(...cands.map((c) => distance(t, c.slice(0, Math.max(t.length, 1) + 2)))),
+        d: Math.min(...cands.map((c) => editDistance(t, c.slice(0, Math.max(t.length, 1) + 2)))),
       };
     })
     .sort((a, b) => a.d - b.d)
     .slice(0, 5);
   if (scored.length === 0) return "";
   return `; close matches:\n${scored.map(({ f }) => `  ${f.name}  ${labels.get(f)}  ${kindOf(f.desc)}  ${ctx.nameOf(f)}`).join("\n")}`;
-}
-
-function distance(a: string, b: string): number {
-  const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = dp[0]!;
-    dp[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = dp[j]!;
-      dp[j] = Math.min(dp[j]! + 1, dp[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
-    }
-  }
-  return dp[b.length]!;
 }

@@ -37,6 +37,7 @@ import {
   MACHINE_SCHEMA_VERSION,
   type MachineDescription,
 } from "../hw/machine.ts";
+import { editDistance } from "../text.ts";
 
 /** Document versions this build reads. */
 export const SUPPORTED_SCHEMA_VERSIONS: readonly number[] = [MACHINE_SCHEMA_VERSION];
@@ -676,20 +677,6 @@ const placeOf = (l: Located): string | undefined => {
   const parts = [l.line !== undefined ? `line ${l.line}` : "", l.path].filter((p) => p !== "");
   return parts.length > 0 ? parts.join(", ") : undefined;
 };
-
-function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const up = prev[j]!;
-      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = up;
-    }
-  }
-  return prev[b.length]!;
-}
 
 function suggest(key: string, path: Path): string {
   const holder = [...path].reverse().find((p): p is string => typeof p === "string") ?? "";

@@ -8,7 +8,7 @@
  */
 
 import type { DmaAddr, PhysAddr } from "../../hw/address.ts";
-import { dmaAddr } from "../../hw/address.ts";
+import { dmaAddr, iova } from "../../hw/address.ts";
 import type { PhysicalMemory } from "../../hw/memory.ts";
 import { type Errno, type KResult, kerr, kok } from "../errno.ts";
 import {
@@ -185,7 +185,7 @@ export class DmaApi {
     const off = dma & (g - 1n);
     const len = align(size + off, g);
     t.table.unmap(dma - off, len);
-    t.iova.free(dma as unknown as import("../../hw/address.ts").Iova, size);
+    t.iova.free(iova(dma), size);
   }
 
   // ── scatterlists ────────────────────────────────────────────────────────────────────────────
@@ -389,11 +389,7 @@ export class DmaApi {
       if (start === null) start = s.dma_address;
       end = s.dma_address + BigInt(s.dma_length);
     }
-    if (start === null) return;
-    const g = t.table.granule;
-    const base = start & ~(g - 1n);
-    t.table.unmap(base, align(end, g) - base);
-    t.iova.free(start as unknown as import("../../hw/address.ts").Iova, end - start);
+    if (start !== null) this.#iommuUnmap(dev, dmaAddr(start), end - start);
   }
 
   // ── syncs ───────────────────────────────────────────────────────────────────────────────────
