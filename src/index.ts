@@ -23,6 +23,7 @@ export { formatBdf, parseBdf } from "./core/hw/bdf.ts";
 export type { Machine, MachineDescription, PciFunction } from "./core/hw/machine.ts";
 export { buildMachine } from "./core/hw/machine.ts";
 export { DmaApi } from "./core/kernel/dma/mapping.ts";
+export * as dmaBuf from "./core/kernel/dma-buf/index.ts";
 export { calcMapTypeAndDist, P2pdma } from "./core/kernel/pci/p2pdma.ts";
 export { bootPci } from "./core/kernel/pci/pci-view.ts";
 export { PROFILES } from "./core/kernel/profile.ts";
