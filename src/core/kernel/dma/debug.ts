@@ -22,7 +22,8 @@ export type DmaDebugCode =
   | "sync-wrong-direction"
   | "map-error-not-checked"
   | "leak-at-release"
-  | "cpu-access-without-sync";
+  | "cpu-access-without-sync"
+  | "map-page-zone-device";
 
 export interface DmaDebugReport {
   readonly code: DmaDebugCode;
@@ -211,6 +212,15 @@ export class DmaDebug {
         "sync-wrong-direction",
         `device driver syncs DMA memory with different direction for ${to} [mapped with ${hit.dir}] [synced with ${dir}]`,
       );
+  }
+
+  /** dma_map_page_attrs() under DMA_API_DEBUG refuses ZONE_DEVICE (e.g. P2P) pages. */
+  zoneDevicePage(dev: DmaDevice, pfn: bigint): void {
+    this.#report(
+      dev,
+      "map-page-zone-device",
+      `dma_map_page of a ZONE_DEVICE page (pfn 0x${pfn.toString(16)}): P2P memory must be mapped with an sg table so its map type is checked`,
+    );
   }
 
   /** The device wrote [dma, dma+len): the CPU must sync before it reads the memory behind it. */

@@ -7,6 +7,7 @@ import {
   sg_dma_is_bus_address,
   sgtableDmaSegments,
 } from "../lib/scatterlist.ts";
+import { cpuReach } from "../mm/page.ts";
 import { System } from "../system.ts";
 import { DmaDebugError } from "./debug.ts";
 import { dmaSetMaskAndCoherent } from "./device.ts";
@@ -143,6 +144,30 @@ describe("DMA API with a real data plane", () => {
     assert.notDeepEqual(sys.memory.read(phys, 16), bytes(16, 2), "not yet copied back");
     sys.dma.unmapPhys(dev, dma, 4096n, "from-device");
     assert.deepEqual(sys.memory.read(phys, 4096), bytes(4096, 2));
+  });
+
+  it("dma_map_page maps RAM; with dma-debug it refuses a P2P (ZONE_DEVICE) page, which only sg mapping classifies", () => {
+    const plain = new System(desc(0).iommu("dma").build());
+    const [ram] = plain.allocPages(4096n);
+    assert.equal(
+      plain.dma.mapPage(plain.device("05:00.0"), ram!, 0x80, 64n, "to-device"),
+      0xffff_f080n,
+    );
+    assert.equal(cpuReach(ram!), "direct-map");
+    const sys = new System(desc(0).iommu("dma").build(), { dmaDebug: true });
+    const fn = sys.machine.byBdf("03:00.0")!;
+    assert.ok(sys.p2pmem.addResource(fn, 2, 2n * MiB, 0n).ok);
+    const p2p = sys.p2pmem.pageOf(sys.p2pmem.alloc(fn, 4096n)!)!;
+    assert.equal(cpuReach(p2p), "mmio-page");
+    assert.equal(cpuReach(null), "no-page");
+    assert.equal(
+      sys.dma.mapPage(sys.device("04:00.0"), p2p, 0, 4096n, "to-device"),
+      DMA_MAPPING_ERROR,
+    );
+    assert.deepEqual(
+      sys.debug!.reports.map((r) => r.code),
+      ["map-page-zone-device"],
+    );
   });
 
   it("dma-debug reports a CPU read of device-written memory before dma_sync_single_for_cpu", () => {

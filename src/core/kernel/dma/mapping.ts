@@ -8,7 +8,7 @@
  */
 
 import type { DmaAddr, PhysAddr } from "../../hw/address.ts";
-import { dmaAddr, iova } from "../../hw/address.ts";
+import { dmaAddr, iova, physAddr } from "../../hw/address.ts";
 import type { PhysicalMemory } from "../../hw/memory.ts";
 import { type Errno, type KResult, kerr, kok } from "../errno.ts";
 import {
@@ -100,6 +100,18 @@ export class DmaApi {
       : this.#iommuMapPhys(dev, phys, size, dir, attrs);
     this.#d.debug?.mapped(dev, { kind: attrs.mmio ? "resource" : "single", dma, size, dir, phys });
     return dma;
+  }
+
+  /**
+   * models dma_map_page_attrs(): `dma_map_phys(page_to_phys(page) + offset)`. It does not classify
+   * P2P pages (map those with an sg table); with dma-debug on, a ZONE_DEVICE page is refused.
+   */
+  mapPage(dev: DmaDevice, page: Page, offset: number, size: bigint, dir: DmaDirection): DmaAddr {
+    if (page.pgmap && this.#d.debug) {
+      this.#d.debug.zoneDevicePage(dev, page.pfn);
+      return DMA_MAPPING_ERROR;
+    }
+    return this.mapPhys(dev, physAddr((page.pfn << 12n) + BigInt(offset)), size, dir);
   }
 
   /** models dma_mapping_error(); dma-debug notes that the driver checked. */

@@ -49,3 +49,19 @@ export function samePageKind(a: Page, b: Page): boolean {
 }
 
 export type { BusAddr };
+
+/**
+ * What the CPU can do with memory, the distinction the 2021 thread turns on:
+ * - `direct-map`: ordinary RAM; `page_address()` works and an importer calling `sg_page()` gets
+ *   a page it may kmap;
+ * - `mmio-page`: ZONE_DEVICE P2P memory; there is a `struct page` (so `sg_page()` returns one), but
+ *   the bytes are a device BAR: uncached MMIO, not memory the kernel may touch like RAM;
+ * - `no-page`: a BAR handed out by address only (e.g. `dma_map_resource`): no `struct page`, so an
+ *   importer that calls `sg_page()` gets NULL.
+ */
+export type CpuReach = "direct-map" | "mmio-page" | "no-page";
+
+export function cpuReach(page: Page | null): CpuReach {
+  if (!page) return "no-page";
+  return page.pgmap ? "mmio-page" : "direct-map";
+}
