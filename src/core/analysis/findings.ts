@@ -20,6 +20,7 @@ export type FindingCode =
   | "through-host-bridge"
   | "assumption-unknown-acs"
   | "assumption-unknown-cpu"
+  | "assumption-virtual-switch"
   | "smi-kernel-disagree";
 
 export interface Finding {

@@ -13,6 +13,7 @@ import {
   acsHintList,
   type CalcResult,
   calcMapTypeAndDist,
+  cpuSupportsP2pdma,
   type P2pMapType,
   upstreamBridge,
 } from "../kernel/pci/p2pdma.ts";
@@ -66,10 +67,11 @@ export function defaultAssumptions(view: BootedPci): Assumptions {
   };
 }
 
-function flipped(base: Assumptions): Assumptions {
+/** The other answer for each fact the input lacks (and only those). */
+function flipped(base: Assumptions, acs: boolean, cpu: boolean): Assumptions {
   return {
-    unknownAcsRedirects: (fn) => !base.unknownAcsRedirects(fn),
-    unknownCpuSupports: !base.unknownCpuSupports,
+    unknownAcsRedirects: acs ? (fn) => !base.unknownAcsRedirects(fn) : base.unknownAcsRedirects,
+    unknownCpuSupports: cpu ? !base.unknownCpuSupports : base.unknownCpuSupports,
   };
 }
 
@@ -102,15 +104,24 @@ export function explainPair(
   const r = calcMapTypeAndDist(view, provider, client, true, assume);
   const findings = findingsFor(view, provider, client, r, assume);
   let alternative: PairExplanation["alternative"];
-  if (r.unknownAcs.length > 0 || r.cpuSupports === undefined) {
-    const alt = calcMapTypeAndDist(view, provider, client, false, flipped(assume));
+  const acsUnknown = r.unknownAcs.length > 0;
+  const cpuUnknown = cpuSupportsP2pdma(view.cpu) === undefined;
+  if (acsUnknown || cpuUnknown) {
+    const alt = calcMapTypeAndDist(
+      view,
+      provider,
+      client,
+      false,
+      flipped(assume, acsUnknown, cpuUnknown),
+    );
     if (alt.mapType !== r.mapType || distOf(alt) !== distOf(r)) {
       const conds: string[] = [];
-      if (r.unknownAcs.length > 0)
+      if (acsUnknown)
         conds.push(
           `the ACS control of ${r.unknownAcs.map((f) => f.name).join(", ")} ${assume.unknownAcsRedirects(r.unknownAcs[0]!) ? "did not" : "did"} redirect`,
         );
-      if (r.cpuSupports === undefined) conds.push("the CPU were an AMD Zen (family 0x17 or later)");
+      if (cpuUnknown && alt.mapType !== "bus-address")
+        conds.push("the CPU were an AMD Zen (family 0x17 or later)");
       alternative = { mapType: alt.mapType, distance: distOf(alt), if: conds.join(" and ") };
     }
   }
@@ -287,6 +298,15 @@ function findingsFor(
         message: `P2P crosses the root complex: the exporter's pages are mapped like RAM (${view.iommu === "dma" || view.iommu === "dma-fq" ? "an IOVA through the IOMMU" : view.iommu === "off" || view.iommu === "identity" ? "the CPU physical address" : "an IOVA with an IOMMU, the physical address without"}); bandwidth depends on the root complex`,
       });
   }
+  const virtual = r.tested.filter((f) => f.bdf.domain === 0xffff);
+  if (virtual.length > 0)
+    out.push({
+      code: "assumption-virtual-switch",
+      severity: "warning",
+      path: virtual.map((f) => f.name),
+      message: `the path crosses ${virtual.map((f) => f.name).join(", ")}, a virtual switch that a topology file (NCCL_TOPO_FILE style) inserted; the kernel sees the machine's real PCI tree, where these devices may share no bridge at all`,
+      hint: "analyse a sysfs capture or lspci output taken inside the machine (peerbuf gather) for the kernel's real answer",
+    });
   if (r.unknownAcs.length > 0) {
     const names = r.unknownAcs.map((f) => f.name);
     out.push({
