@@ -2,22 +2,21 @@
 // keep every PCI function in place when it writes the topology back out.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import { parseHwlocXml, writeHwlocXml } from "../src/core/formats/hwloc-xml.ts";
 import { parseNcclXml } from "../src/core/formats/nccl-xml.ts";
 import type { MachineDescription } from "../src/core/hw/machine.ts";
 import { MACHINE_SCHEMA_VERSION } from "../src/core/hw/machine.ts";
 import { loadInput } from "../src/node/load-input.ts";
+import { real, skipReal as skipRealFixtures } from "./support/real.ts";
 
 const LSTOPO = "lstopo-no-graphics";
 const probe = spawnSync(LSTOPO, ["--version"], { encoding: "utf8" });
 const skipLstopo = probe.error || probe.status !== 0 ? `${LSTOPO} is not installed` : false;
-const REAL = fileURLToPath(new URL("../../shared/fixtures/real/", import.meta.url));
-const skipReal = skipLstopo || (existsSync(REAL) ? false : `real fixtures not found at ${REAL}`);
+const skipReal = skipLstopo || skipRealFixtures;
 
 const dir = mkdtempSync(join(tmpdir(), "peerbuf-lstopo-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -151,7 +150,6 @@ describe("writeHwlocXml output in real hwloc", { skip: skipLstopo }, () => {
   it("loads real machines read from hwloc XML, sysfs captures and NCCL files", {
     skip: skipReal,
   }, async () => {
-    const real = (p: string) => join(REAL, p);
     const xml = (p: string) => parseHwlocXml(p, readFileSync(real(p), "utf8"));
     const cases: [string, MachineDescription][] = [
       ["dgx2", xml("hwloc-tests/nvidiaDGX2.xml")],

@@ -145,7 +145,7 @@ describe("DMA mapping vs Linux 6.1.192 (dma.tsv)", () => {
             if (res.value !== mapped)
               mismatches.push(`${key}: ${res.value} segments, kernel ${mapped}`);
             open = { d, t: t.value, key, segs: sgtableDmaSegments(t.value) };
-          } else sys.debug; // nothing is left mapped on failure
+          }
         } else if (op === "sg_dma") {
           const seg = open?.segs[Number(r["idx"])];
           checked.segments++;

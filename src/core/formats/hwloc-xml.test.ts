@@ -2,17 +2,15 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import fc from "fast-check";
+import { real, skipReal } from "../../../test/support/real.ts";
+import { mutateXml, xmlMutations } from "../../../test/support/xml-mutate.ts";
 import { loadInput } from "../../node/load-input.ts";
 import { InputError } from "../errors.ts";
 import type { FunctionDescription, MachineDescription } from "../hw/machine.ts";
 import { buildMachine, MACHINE_SCHEMA_VERSION } from "../hw/machine.ts";
 import { hwlocLinkGBps, linkCandidates, parseHwlocXml, writeHwlocXml } from "./hwloc-xml.ts";
 
-const REAL = fileURLToPath(new URL("../../../../shared/fixtures/real/", import.meta.url));
-const skipReal = existsSync(REAL) ? false : `real fixtures not found at ${REAL}`;
-const real = (p: string) => join(REAL, p);
 const xmlIn = (dir: string) =>
   existsSync(real(dir))
     ? readdirSync(real(dir))
@@ -616,60 +614,12 @@ const TOKENS = [
   "\uFEFF",
 ];
 
-type Op =
-  | { op: "cut"; at: number; len: number }
-  | { op: "put"; at: number; s: string }
-  | { op: "end"; at: number }
-  | { op: "dup"; at: number; len: number }
-  | { op: "attr"; n: number; s: string };
-
-const mutations: fc.Arbitrary<Op[]> = fc.array(
-  fc.oneof(
-    fc.record({
-      op: fc.constant("cut" as const),
-      at: fc.nat(),
-      len: fc.integer({ min: 1, max: 300 }),
-    }),
-    fc.record({
-      op: fc.constant("put" as const),
-      at: fc.nat(),
-      s: fc.oneof(fc.constantFrom(...TOKENS), fc.string({ maxLength: 12, unit: "binary" })),
-    }),
-    fc.record({ op: fc.constant("end" as const), at: fc.nat() }),
-    fc.record({
-      op: fc.constant("dup" as const),
-      at: fc.nat(),
-      len: fc.integer({ min: 1, max: 400 }),
-    }),
-    fc.record({
-      op: fc.constant("attr" as const),
-      n: fc.nat(),
-      s: fc.oneof(
-        fc.constantFrom("", "zz", "-1", "0x", "ffff:ff:1f.7", "1e9", "0604 [x"),
-        fc.string({ maxLength: 8 }),
-      ),
-    }),
-  ),
-  { minLength: 1, maxLength: 6 },
-);
-
-function mutate(text: string, ops: readonly Op[]): string {
-  let t = text;
-  for (const o of ops) {
-    const at = o.op === "attr" ? 0 : o.at % (t.length + 1);
-    if (o.op === "cut") t = t.slice(0, at) + t.slice(at + o.len);
-    else if (o.op === "put") t = t.slice(0, at) + o.s + t.slice(at);
-    else if (o.op === "end") t = t.slice(0, at);
-    else if (o.op === "dup") t = t.slice(0, at) + t.slice(at, at + o.len) + t.slice(at);
-    else {
-      const values = [...t.matchAll(/="([^"]*)"/g)];
-      const v = values.length > 0 ? values[o.n % values.length]! : undefined;
-      if (v)
-        t = t.slice(0, v.index + 2) + o.s.replace(/"/g, "") + t.slice(v.index + 2 + v[1]!.length);
-    }
-  }
-  return t;
-}
+const mutations = xmlMutations({
+  tokens: TOKENS,
+  attrValues: ["", "zz", "-1", "0x", "ffff:ff:1f.7", "1e9", "0604 [x"],
+  maxCut: 300,
+  dup: true,
+});
 
 describe("parseHwlocXml: mutated real XML", { skip: skipReal }, () => {
   it("returns a buildable machine or throws InputError, never anything else", () => {
@@ -682,7 +632,7 @@ describe("parseHwlocXml: mutated real XML", { skip: skipReal }, () => {
       fc.property(fc.nat({ max: texts.length - 1 }), mutations, (i, ops) => {
         let m: MachineDescription;
         try {
-          m = parseHwlocXml("mutated.xml", mutate(texts[i]!, ops));
+          m = parseHwlocXml("mutated.xml", mutateXml(texts[i]!, ops));
         } catch (e) {
           if (!(e instanceof InputError)) throw e;
           return;

@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import fc from "fast-check";
+import { real, skipReal } from "../../../test/support/real.ts";
+import { mutateXml, xmlMutations } from "../../../test/support/xml-mutate.ts";
 import { InputError } from "../errors.ts";
 import type { FunctionDescription, MachineDescription } from "../hw/machine.ts";
 import { buildMachine, MACHINE_SCHEMA_VERSION } from "../hw/machine.ts";
@@ -17,9 +18,6 @@ import {
   writeNcclXml,
 } from "./nccl-xml.ts";
 
-const REAL = fileURLToPath(new URL("../../../../shared/fixtures/real/", import.meta.url));
-const skipReal = existsSync(REAL) ? false : `real fixtures not found at ${REAL}`;
-const real = (p: string) => join(REAL, p);
 const NCCL_DIRS = ["aws-ofi-nccl", "azhpc-images", "rccl-topo-models"];
 const ncclFiles = () =>
   NCCL_DIRS.flatMap((d) =>
@@ -571,12 +569,6 @@ describe("parseNcclXml: real NCCL/RCCL files", { skip: skipReal }, () => {
 // Property: mutated real XML gives a machine or an InputError, nothing else
 // ------------------------------------------------------------------------------------------------
 
-type Op =
-  | { op: "cut"; at: number; len: number }
-  | { op: "put"; at: number; s: string }
-  | { op: "end"; at: number }
-  | { op: "attr"; n: number; s: string };
-
 const TOKENS = [
   "<",
   ">",
@@ -601,48 +593,11 @@ const TOKENS = [
   "\u0000",
 ];
 
-const mutations: fc.Arbitrary<Op[]> = fc.array(
-  fc.oneof(
-    fc.record({
-      op: fc.constant("cut" as const),
-      at: fc.nat(),
-      len: fc.integer({ min: 1, max: 200 }),
-    }),
-    fc.record({
-      op: fc.constant("put" as const),
-      at: fc.nat(),
-      s: fc.oneof(fc.constantFrom(...TOKENS), fc.string({ maxLength: 10, unit: "binary" })),
-    }),
-    fc.record({ op: fc.constant("end" as const), at: fc.nat() }),
-    fc.record({
-      op: fc.constant("attr" as const),
-      n: fc.nat(),
-      s: fc.oneof(
-        fc.constantFrom("", "-1", "0x", "0xfffffff", "08", "zz", "0000:00:20.0"),
-        fc.string({ maxLength: 8 }),
-      ),
-    }),
-  ),
-  { minLength: 1, maxLength: 6 },
-);
-
-function mutate(text: string, ops: readonly Op[]): string {
-  let t = text;
-  for (const o of ops) {
-    if (o.op === "attr") {
-      const values = [...t.matchAll(/="([^"]*)"/g)];
-      const v = values.length > 0 ? values[o.n % values.length]! : undefined;
-      if (v)
-        t = t.slice(0, v.index + 2) + o.s.replace(/"/g, "") + t.slice(v.index + 2 + v[1]!.length);
-      continue;
-    }
-    const at = o.at % (t.length + 1);
-    if (o.op === "cut") t = t.slice(0, at) + t.slice(at + o.len);
-    else if (o.op === "put") t = t.slice(0, at) + o.s + t.slice(at);
-    else t = t.slice(0, at);
-  }
-  return t;
-}
+const mutations = xmlMutations({
+  tokens: TOKENS,
+  attrValues: ["", "-1", "0x", "0xfffffff", "08", "zz", "0000:00:20.0"],
+  maxCut: 200,
+});
 
 describe("parseNcclXml: mutated real XML", { skip: skipReal }, () => {
   it("returns a buildable machine or throws InputError, never anything else", () => {
@@ -656,7 +611,7 @@ describe("parseNcclXml: mutated real XML", { skip: skipReal }, () => {
       fc.property(fc.nat({ max: texts.length - 1 }), mutations, (i, ops) => {
         let m: MachineDescription;
         try {
-          m = parseNcclXml("mutated.xml", mutate(texts[i]!, ops));
+          m = parseNcclXml("mutated.xml", mutateXml(texts[i]!, ops));
         } catch (e) {
           if (!(e instanceof InputError)) throw e;
           return;

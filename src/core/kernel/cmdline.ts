@@ -272,7 +272,6 @@ const KNOWN_PCI_OPTS = [
   "earlydump",
   "irqmask",
   "pcie_port_pm",
-  "hpmmiosize",
   "force_floating",
   "nopcie",
   "biosirq",

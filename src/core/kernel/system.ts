@@ -143,7 +143,6 @@ export class System {
     });
     this.debug = opts.dmaDebug ? new DmaDebug({ strict: opts.dmaDebug === "strict" }) : null;
     this.dma = new DmaApi({
-      memory: this.memory,
       p2pdma: this.p2pdma,
       swiotlb: this.swiotlb,
       debug: this.debug,

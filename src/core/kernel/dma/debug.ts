@@ -108,7 +108,6 @@ export class DmaDebug {
   }
 
   mappedSg(dev: DmaDevice, sgt: SgTable, nents: number, dir: DmaDirection): void {
-    let i = 0;
     for (const s of for_each_sg(sgt.sgl!, nents)) {
       this.#add(dev, {
         kind: "sg",
@@ -119,9 +118,7 @@ export class DmaDebug {
         deviceDirty: false,
       });
       this.#freed.get(dev.name)?.delete(s.dma_address);
-      i++;
     }
-    void i;
   }
 
   /** models check_unmap(). */

@@ -9,7 +9,6 @@
 
 import type { DmaAddr, PhysAddr } from "../../hw/address.ts";
 import { dmaAddr, iova, physAddr } from "../../hw/address.ts";
-import type { PhysicalMemory } from "../../hw/memory.ts";
 import { type Errno, type KResult, kerr, kok } from "../errno.ts";
 import {
   DMA_MAPPING_ERROR,
@@ -49,7 +48,6 @@ interface P2pState {
 }
 
 export interface DmaApiDeps {
-  readonly memory: PhysicalMemory;
   readonly p2pdma: P2pdma;
   readonly swiotlb: Swiotlb | null;
   readonly debug: DmaDebug | null;
