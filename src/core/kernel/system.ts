@@ -30,6 +30,7 @@ import { P2pmemRegistry } from "./mm/p2pmem.ts";
 import { PAGE_SHIFT, PAGE_SIZE_N, type Page } from "./mm/page.ts";
 import { cpuSupportsP2pdma, hostBridgeAllowed, P2pdma, type PciView } from "./pci/p2pdma.ts";
 import { type BootedPci, bootPci, type PciViewOptions } from "./pci/pci-view.ts";
+import { NO_TRACE, type Tracer } from "./trace.ts";
 
 export interface SystemOptions extends PciViewOptions {
   /** Bytes of RAM above 4 GiB (plus 2 GiB below); default 64 GiB. Backed lazily. */
@@ -38,6 +39,8 @@ export interface SystemOptions extends PciViewOptions {
   readonly dmaDebug?: boolean | "strict";
   /** Simulated clock in ms for flush queues and delayed work. */
   readonly clock?: () => number;
+  /** Where the kernel-style trace goes (`peerbuf run`); default: nothing is recorded. */
+  readonly tracer?: Tracer;
 }
 
 const GiB = 1n << 30n;
@@ -55,6 +58,7 @@ export class System {
   readonly debug: DmaDebug | null;
   readonly swiotlb: Swiotlb;
   readonly log: string[] = [];
+  readonly trace: Tracer;
   readonly #devices = new Map<PciFunction, DmaDevice>();
   readonly #groups = new Map<string, { translation: DmaTranslation }>();
   #ramNext: bigint;
@@ -62,6 +66,7 @@ export class System {
 
   constructor(desc: MachineDescription, opts: SystemOptions = {}) {
     this.machine = buildMachine(desc);
+    this.trace = opts.tracer ?? NO_TRACE;
     this.pci = bootPci(this.machine, opts);
     const busOffset = (hb: HostBridge) => {
       const w = hb.desc.windows?.[0];

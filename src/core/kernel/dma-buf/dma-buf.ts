@@ -17,6 +17,7 @@ import { KernelBug, kok } from "../errno.ts";
 import type { SgTable } from "../lib/scatterlist.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
 import { DEFAULT_PROFILE, type KernelProfile, PROFILES } from "../profile.ts";
+import { NO_TRACE, type Tracer } from "../trace.ts";
 import type { DmaBufAttachment } from "./attachment.ts";
 import {
   EPOLLERR,
@@ -70,10 +71,14 @@ export class DmaBufCore {
   readonly modelReports: string[] = [];
   /** pr_debug lines. */
   readonly log: string[] = [];
+  readonly trace: Tracer;
   readonly #warnedOnce = new Set<string>();
   #nextIno = 1;
 
-  constructor(opts: { profile?: KernelProfile; clock?: SimClock } & DmaBufConfig = {}) {
+  constructor(
+    opts: { profile?: KernelProfile; clock?: SimClock; tracer?: Tracer } & DmaBufConfig = {},
+  ) {
+    this.trace = opts.tracer ?? NO_TRACE;
     this.profile = opts.profile ?? PROFILES[DEFAULT_PROFILE];
     this.debug = opts.debug ?? false;
     this.moveNotify = opts.moveNotify ?? false;
