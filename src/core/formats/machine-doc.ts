@@ -11,17 +11,7 @@
  * description is in BDF order and writes flat otherwise, so `parse(write(m))` equals `m`.
  */
 
-import {
-  Document,
-  isAlias,
-  isMap,
-  isScalar,
-  isSeq,
-  LineCounter,
-  type Node,
-  parseDocument,
-  visit,
-} from "yaml";
+import { Document, isMap, isScalar, isSeq, visit } from "yaml";
 import { z } from "zod";
 import { InputError, TopologyError } from "../errors.ts";
 import { compareBdf, formatBdf, formatBusId, parseBdf } from "../hw/bdf.ts";
@@ -38,6 +28,15 @@ import {
   type MachineDescription,
 } from "../hw/machine.ts";
 import { editDistance } from "../text.ts";
+import {
+  collectIssues,
+  fail,
+  type Located,
+  type Path,
+  placeOf,
+  readLocatedYaml,
+  type ZIssue,
+} from "./located-yaml.ts";
 
 /** Document versions this build reads. */
 export const SUPPORTED_SCHEMA_VERSIONS: readonly number[] = [MACHINE_SCHEMA_VERSION];
@@ -622,62 +621,6 @@ export function machineJsonSchema(): Record<string, unknown> {
 // ---------------------------------------------------------------------------------------------
 // parsing
 
-type Path = readonly (string | number)[];
-
-function formatPath(path: Path): string {
-  let s = "";
-  for (const p of path) s += typeof p === "number" ? `[${p}]` : s === "" ? p : `.${p}`;
-  return s;
-}
-
-/** The YAML node at a path, or the deepest one found; `key` marks a map key's own node. */
-function nodeAt(doc: Document, path: Path, key?: string): Node | null {
-  let node: unknown = doc.contents;
-  let found: Node | null = (doc.contents as Node | null) ?? null;
-  const steps: (string | number)[] = [...path];
-  if (key !== undefined) steps.push(key);
-  for (let i = 0; i < steps.length; i++) {
-    const step = steps[i]!;
-    if (isAlias(node)) node = node.resolve(doc);
-    let next: unknown;
-    if (isMap(node)) {
-      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(step));
-      if (!pair) break;
-      next = key !== undefined && i === steps.length - 1 ? pair.key : pair.value;
-    } else if (isSeq(node) && typeof step === "number") {
-      next = node.items[step];
-    } else break;
-    if (next === null || next === undefined) break;
-    node = next;
-    found = next as Node;
-  }
-  return found;
-}
-
-interface Located {
-  readonly line: number | undefined;
-  readonly col: number;
-  readonly path: string;
-  readonly reason: string;
-}
-
-type Locate = (path: Path, reason: string, key?: string) => Located;
-
-function locator(doc: Document, lc: LineCounter): Locate {
-  return (path, reason, key) => {
-    const node = nodeAt(doc, path, key);
-    const pos = node?.range?.[0];
-    const lp = pos === undefined ? undefined : lc.linePos(pos);
-    const full = key === undefined ? path : [...path, key];
-    return { line: lp?.line, col: lp?.col ?? 0, path: formatPath(full), reason };
-  };
-}
-
-const placeOf = (l: Located): string | undefined => {
-  const parts = [l.line !== undefined ? `line ${l.line}` : "", l.path].filter((p) => p !== "");
-  return parts.length > 0 ? parts.join(", ") : undefined;
-};
-
 function suggest(key: string, path: Path): string {
   const holder = [...path].reverse().find((p): p is string => typeof p === "string") ?? "";
   const fields = FIELDS_BY_HOLDER[holder] ?? [];
@@ -693,50 +636,6 @@ function suggest(key: string, path: Path): string {
   return best !== undefined && bestD <= Math.max(1, Math.floor(key.length / 3))
     ? ` (did you mean "${best}"?)`
     : "";
-}
-
-interface ZIssue {
-  readonly code: string;
-  readonly path: readonly PropertyKey[];
-  readonly message: string;
-  readonly keys?: readonly string[];
-  readonly errors?: readonly (readonly ZIssue[])[];
-  readonly input?: unknown;
-}
-
-/** Flattens zod issues into located messages; a union reports the branch that matched the type. */
-function collectIssues(issues: readonly ZIssue[], prefix: Path, loc: Locate, out: Located[]) {
-  for (const iss of issues) {
-    const path: Path = [...prefix, ...iss.path.filter((p) => typeof p !== "symbol")] as Path;
-    if (iss.code === "unrecognized_keys") {
-      for (const k of iss.keys ?? [])
-        out.push(loc(path, `unknown field "${k}"${suggest(k, path)}`, k));
-    } else if (iss.code === "invalid_union" && iss.errors) {
-      const branch = iss.errors.find(
-        (b) => !b.some((e) => e.code === "invalid_type" && e.path.length === 0),
-      );
-      if (branch) collectIssues(branch, path, loc, out);
-      else out.push(loc(path, iss.message));
-    } else {
-      out.push(loc(path, iss.message));
-    }
-  }
-}
-
-function fail(file: string, located: readonly Located[]): never {
-  const sorted = [...located].sort(
-    (a, b) =>
-      (a.line ?? Number.MAX_SAFE_INTEGER) - (b.line ?? Number.MAX_SAFE_INTEGER) || a.col - b.col,
-  );
-  const first = sorted[0]!;
-  const more = sorted.slice(1, 4).map((l) => `${placeOf(l) ?? "?"}: ${l.reason}`);
-  const rest = sorted.length - 1 - more.length;
-  const tail =
-    more.length > 0
-      ? `; also ${more.join("; ")}${rest > 0 ? `; and ${rest} more problem${rest > 1 ? "s" : ""}` : ""}`
-      : "";
-  const place = placeOf(first);
-  throw new InputError({ file, ...(place !== undefined ? { place } : {}) }, first.reason + tail);
 }
 
 /** Drops undefined entries, so optional fields are absent rather than present-but-undefined. */
@@ -782,77 +681,13 @@ function toFunction(d: FnDoc, parent: string | null): FunctionDescription {
   });
 }
 
-const MAX_TEXT = 64 * 1024 * 1024;
-
-/** C0 controls other than tab, LF and CR cannot appear raw in YAML or JSON text: binary data. */
-function firstControlChar(s: string): number {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return i;
-  }
-  return -1;
-}
-
 /**
  * Parses a machine description from YAML or JSON text. Throws InputError naming the file, the
  * line and the field path of the first problem (and a few more); topology problems (duplicate
  * BDFs, missing or non-bridge parents, cycles) are reported the same way.
  */
 export function parseMachineDocument(file: string, text: string): MachineDescription {
-  const src = text.startsWith("\uFEFF") ? text.slice(1) : text;
-  if (src.length > MAX_TEXT)
-    throw new InputError({ file }, "machine description larger than 64 MiB", "input-too-large");
-  const at = firstControlChar(src);
-  if (at >= 0) {
-    const line = src.slice(0, at).split("\n").length;
-    throw new InputError(
-      { file, place: `line ${line}` },
-      `not a text file: control character 0x${src.charCodeAt(at).toString(16).padStart(2, "0")}; expected YAML or JSON`,
-    );
-  }
-  const lc = new LineCounter();
-  let doc: Document;
-  let js: unknown;
-  try {
-    doc = parseDocument(src, {
-      lineCounter: lc,
-      merge: true,
-      // yaml reports warnings through process.emitWarning/console: core code stays silent
-      logLevel: "error",
-      prettyErrors: false,
-      uniqueKeys: true,
-    }) as Document;
-    const err = doc.errors[0];
-    if (err) {
-      const lp = lc.linePos(err.pos[0]);
-      throw new InputError(
-        { file, place: `line ${lp.line}, column ${lp.col}` },
-        /call stack/i.test(err.message)
-          ? "the document nests too deeply"
-          : `not valid YAML/JSON: ${err.message}`,
-      );
-    }
-    // an unquoted 0x... is a YAML int: keep the hex text so large addresses stay exact
-    visit(doc, {
-      Scalar(_key, node) {
-        if (node.format === "HEX" && typeof node.value === "number" && node.source !== undefined)
-          node.value = node.source;
-      },
-    });
-    js = doc.toJS();
-  } catch (e) {
-    if (e instanceof InputError) throw e;
-    // yaml throws plain Errors for content it cannot turn into values (bad merge sources, alias
-    // bombs, nesting deeper than the stack): all are problems of the input
-    const why = e instanceof Error ? e.message : String(e);
-    throw new InputError(
-      { file },
-      /call stack/i.test(why)
-        ? "the document nests too deeply"
-        : `cannot read the document: ${why}`,
-    );
-  }
-  const loc = locator(doc, lc);
+  const { js, loc } = readLocatedYaml(file, text, "machine description");
   if (js === null || js === undefined)
     fail(file, [loc([], "the document is empty: expected `schemaVersion: 1`, then functions")]);
   if (typeof js !== "object" || Array.isArray(js))
@@ -882,7 +717,7 @@ export function parseMachineDocument(file: string, text: string): MachineDescrip
     const r = machineSchema.safeParse(js, { reportInput: true });
     if (!r.success) {
       const out: Located[] = [];
-      collectIssues(r.error.issues as unknown as ZIssue[], [], loc, out);
+      collectIssues(r.error.issues as unknown as ZIssue[], [], loc, out, suggest);
       fail(file, out);
     }
     parsed = r.data;
