@@ -20,12 +20,14 @@ import { DmaDebug } from "./dma/debug.ts";
 import { DMA_BIT_MASK, type DmaDevice, type DmaTranslation } from "./dma/device.ts";
 import { DmaApi } from "./dma/mapping.ts";
 import { Swiotlb } from "./dma/swiotlb.ts";
+import { KernelBug } from "./errno.ts";
 import {
   createIovaAllocator,
   dmaClient,
   type IovaAllocator,
   X86_MSI_REGION,
 } from "./iommu/iova.ts";
+import type { Leak, LeakSource } from "./leaks.ts";
 import { P2pmemRegistry } from "./mm/p2pmem.ts";
 import { PAGE_SHIFT, PAGE_SIZE_N, type Page } from "./mm/page.ts";
 import { cpuSupportsP2pdma, hostBridgeAllowed, P2pdma, type PciView } from "./pci/p2pdma.ts";
@@ -44,8 +46,20 @@ export interface SystemOptions extends PciViewOptions {
 }
 
 const GiB = 1n << 30n;
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
-export class System {
+/**
+ * One `allocPages` call: per-page reference counts (`page_ref_count`); `refs` is null once every
+ * page of the run is free. Runs are kept after they are freed so a put on a freed page is caught.
+ */
+interface PageRun {
+  readonly start: bigint;
+  readonly n: number;
+  refs: Uint32Array | null;
+  live: number;
+}
+
+export class System implements LeakSource {
   readonly machine: Machine;
   readonly pci: BootedPci;
   /** The view the P2P code reads, with p2pdma state as the running kernel has it. */
@@ -63,6 +77,8 @@ export class System {
   readonly #groups = new Map<string, { translation: DmaTranslation }>();
   #ramNext: bigint;
   #lowNext: bigint;
+  /** Every `allocPages` run, sorted by first pfn. */
+  readonly #runs: PageRun[] = [];
 
   constructor(desc: MachineDescription, opts: SystemOptions = {}) {
     this.machine = buildMachine(desc);
@@ -237,7 +253,77 @@ export class System {
     const pages: Page[] = [];
     for (let i = 0n; i < n; i++)
       pages.push({ pfn: (start >> BigInt(PAGE_SHIFT)) + i, pgmap: null });
+    if (n > 0n) {
+      const first = start >> BigInt(PAGE_SHIFT);
+      const refs = new Uint32Array(Number(n)).fill(1);
+      const run: PageRun = { start: first, n: Number(n), refs, live: Number(n) };
+      this.#runs.splice(this.#runIndex(first), 0, run);
+    }
     return pages;
+  }
+
+  /** Index of the first run starting above `pfn` (runs never overlap). */
+  #runIndex(pfn: bigint): number {
+    let lo = 0;
+    let hi = this.#runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#runs[mid]!.start <= pfn) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The `allocPages` run holding `pfn` and the page's index in it, if any. */
+  #runOf(pfn: bigint): { run: PageRun; i: number } | null {
+    const run = this.#runs[this.#runIndex(pfn) - 1];
+    if (!run || pfn >= run.start + BigInt(run.n)) return null;
+    return { run, i: Number(pfn - run.start) };
+  }
+
+  /**
+   * `page_ref_count()` of a RAM page from `allocPages`: 0 once freed; null for a page the model
+   * does not count (ZONE_DEVICE P2P pages, memory that never came from `allocPages`).
+   */
+  pageRefCount(page: Page): number | null {
+    if (page.pgmap) return null;
+    const at = this.#runOf(page.pfn);
+    if (!at) return null;
+    return at.run.refs?.[at.i] ?? 0;
+  }
+
+  /**
+   * `get_page()` (what pinning a user page takes, e.g. pin_user_pages): +1 on a RAM page from
+   * `allocPages`. A freed page is a KernelBug; pages the model does not count are ignored.
+   */
+  getPage(page: Page): void {
+    if (page.pgmap) return;
+    const at = this.#runOf(page.pfn);
+    if (!at) return;
+    const refs = at.run.refs;
+    if (!refs || refs[at.i] === 0)
+      throw new KernelBug(`get_page(pfn ${hex(page.pfn)}): the page is free (refcount 0)`);
+    refs[at.i]!++;
+  }
+
+  /**
+   * `put_page()`: -1; the last reference frees the page. A put on a free page is a KernelBug
+   * (the kernel's VM_BUG_ON_PAGE); pages the model does not count are ignored.
+   */
+  putPage(page: Page): void {
+    if (page.pgmap) return;
+    const at = this.#runOf(page.pfn);
+    if (!at) return;
+    const { run, i } = at;
+    const refs = run.refs;
+    if (!refs || refs[i] === 0)
+      throw new KernelBug(`put_page(pfn ${hex(page.pfn)}): the page is already free (refcount 0)`);
+    if (--refs[i]! === 0 && --run.live === 0) run.refs = null;
+  }
+
+  /** `__free_pages()` of what `allocPages` returned: the allocation's reference on each page. */
+  freePages(pages: readonly Page[]): void {
+    for (const p of pages) this.putPage(p);
   }
 
   /** A device writes at a DMA address (through the fabric); dma-debug notes what it touched. */
@@ -251,6 +337,87 @@ export class System {
   cpuRead(phys: PhysAddr, len: number): Uint8Array {
     this.debug?.cpuRead(phys, BigInt(len));
     return this.memory.read(phys, len);
+  }
+
+  /**
+   * What the machine still holds: IOVA ranges allocated in each DMA domain (not the reserved
+   * MSI/host-bridge ranges, nor ranges cached in the rcaches or waiting in the flush queue),
+   * IOMMU page-table mappings, dma-debug entries (with dma-debug on), swiotlb slots in use,
+   * p2pmem allocations, and RAM pages from `allocPages` with a reference left.
+   */
+  leaks(): Leak[] {
+    const out: Leak[] = [];
+    const owner = "system";
+    const devsOf = (group: string): string => {
+      const names = [...this.#devices.values()]
+        .filter((d) => d.translation.kind !== "none" && d.translation.group === group)
+        .map((d) => d.name);
+      return names.length > 0 ? ` [${names.join(", ")}]` : "";
+    };
+    const where = (phys: bigint): string => {
+      const r = this.memory.regionAt(phys);
+      return r ? r.name : "unbacked";
+    };
+    for (const [group, { translation: t }] of this.#groups) {
+      if (t.kind !== "dma") continue;
+      const d = t.iova.domain;
+      const shift = d.iovad.shift;
+      for (const r of d.liveRanges()) {
+        const pages = r.pfnHi - r.pfnLo + 1n;
+        out.push({
+          kind: "iova",
+          owner,
+          detail: `IOMMU group ${group} (${d.type})${devsOf(group)}: IOVA ${hex(r.pfnLo << shift)}-${hex(((r.pfnHi + 1n) << shift) - 1n)} (${pages} page${pages === 1n ? "" : "s"}) allocated and never freed`,
+        });
+      }
+      for (const m of t.table.mappings()) {
+        const prot = `${m.prot.read ? "R" : "-"}${m.prot.write ? "W" : "-"}${m.prot.mmio ? " MMIO" : ""}`;
+        out.push({
+          kind: "iommu-mapping",
+          owner,
+          detail: `IOMMU group ${group} (${d.type})${devsOf(group)}: IOVA ${hex(m.iova)}-${hex(m.iova + m.size - 1n)} -> phys ${hex(m.phys)} (${where(m.phys)}) ${prot} still mapped`,
+        });
+      }
+    }
+    for (const e of this.debug?.allLive() ?? [])
+      out.push({
+        kind: "dma-debug-entry",
+        owner,
+        detail: `DMA-API: ${e.device}: ${e.kind} mapping not unmapped [device address=${hex(e.dma)}] [size=${e.size} bytes] [${e.dir}]${e.phys !== undefined ? ` [phys=${hex(e.phys)}]` : ""}`,
+      });
+    for (const b of this.swiotlb.bounces())
+      out.push({
+        kind: "swiotlb-slot",
+        owner,
+        detail: `swiotlb: ${b.slots} slot(s) at ${hex(b.tlb)} bouncing phys ${hex(b.orig)} (${b.size} bytes) not unmapped`,
+      });
+    for (const a of this.p2pmem.allocations())
+      out.push({
+        kind: "p2pmem",
+        owner,
+        detail: `${a.owner.desc.driver ?? "pci"} ${a.owner.name}: pci_alloc_p2pmem() of ${a.pages} page(s) at ${hex(a.va)} (bus ${hex(a.bus)}) not freed with pci_free_p2pmem()`,
+      });
+    for (const run of this.#runs) {
+      const refs = run.refs;
+      if (!refs) continue;
+      for (let i = 0; i < run.n; ) {
+        const c = refs[i]!;
+        let j = i + 1;
+        while (j < run.n && refs[j] === c) j++;
+        if (c > 0) {
+          const lo = run.start + BigInt(i);
+          const hi = run.start + BigInt(j - 1);
+          const n = j - i;
+          out.push({
+            kind: "page-ref",
+            owner,
+            detail: `pfn ${hex(lo)}${n > 1 ? `-${hex(hi)}` : ""} (${n} page${n === 1 ? "" : "s"} at phys ${hex(lo << BigInt(PAGE_SHIFT))}, ${where(lo << BigInt(PAGE_SHIFT))}): refcount ${c}, never freed`,
+          });
+        }
+        i = j;
+      }
+    }
+    return out;
   }
 
   /** Physical address of a page. */

@@ -23,11 +23,13 @@ import {
   poisonPages,
   type SgTable,
   sg_alloc_table,
+  sg_dma_is_bus_address,
   sg_free_table,
   sg_set_page,
   unpoisonPages,
 } from "../lib/scatterlist.ts";
 import { PAGE_SIZE_N } from "../mm/page.ts";
+import { dmaAddrKind } from "../trace.ts";
 import { type DmaBuf, dmaBufIsDynamic } from "./dma-buf.ts";
 import { type DbResult, dbErr } from "./result.ts";
 
@@ -66,6 +68,11 @@ export class DmaBufAttachment {
   dir: DmaDirection = "none";
   /** Tables handed out and not yet unmapped (the cached one included). */
   readonly handed: Handed[] = [];
+  /**
+   * The importer's own pins: successful `dma_buf_pin()` calls not yet undone by
+   * `dma_buf_unpin()` (pins taken by map or attach go with their mapping, not counted here).
+   */
+  pins = 0;
   #state: AttachmentState = "attached";
 
   constructor(dmabuf: DmaBuf, dev: DmaDevice, ops: DmaBufAttachOps | null, priv: unknown) {
@@ -148,11 +155,34 @@ function debugUnwrap(dmabuf: DmaBuf, h: Handed): void {
  * `ops->map_dma_buf`, then for static importers the wait on KERNEL fences, then the debug
  * wrapping. The caller pins/unpins. models __map_dma_buf() (6.1) / the body of mainline's map
  */
+/** The trace of one exporter mapping: every DMA segment and what kind of address it is. */
+function traceMap(attach: DmaBufAttachment, sgt: SgTable): void {
+  const trace = attach.dmabuf.core.trace;
+  if (!trace.enabled) return;
+  const kind = attach.dev.translation.kind;
+  const segments = [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
+    dma: s.dma_address,
+    len: BigInt(s.dma_length),
+    kind: dmaAddrKind(kind, sg_dma_is_bus_address(s)),
+  }));
+  trace.emit("dma_buf:map", `${attach.describe()}: ${segments.length} DMA segment(s)`, {
+    device: attach.dev.fn.name,
+    segments,
+  });
+}
+
 function mapDmaBuf(attach: DmaBufAttachment, dir: DmaDirection): DbResult<Handed> {
   const { dmabuf } = attach;
   const r = dmabuf.ops.map_dma_buf!(attach, dir);
   if (r === null) return dbErr("ENOMEM", `${dmabuf.exp_name} map_dma_buf returned NULL`);
-  if (!r.ok) return r;
+  if (!r.ok) {
+    dmabuf.core.trace.emit(
+      "dma_buf:map",
+      `${attach.describe()}: ${dmabuf.exp_name} map_dma_buf failed: -${r.errno}${r.reason ? ` (${r.reason})` : ""}`,
+      { device: attach.dev.fn.name, errno: r.errno },
+    );
+    return r;
+  }
   const sgt = r.value;
   if (!dmaBufAttachmentIsDynamic(attach)) {
     const w = dmabuf.resv.waitTimeout("kernel", true);
@@ -174,6 +204,7 @@ function mapDmaBuf(attach: DmaBufAttachment, dir: DmaDirection): DbResult<Handed
       );
   const h: Handed = { importer: wrapped.value, exporter: sgt, dir };
   attach.handed.push(h);
+  traceMap(attach, sgt);
   return kok(h);
 }
 
@@ -182,6 +213,10 @@ function mapDmaBuf(attach: DmaBufAttachment, dir: DmaDirection): DbResult<Handed
 function unmapDmaBuf(attach: DmaBufAttachment, h: Handed, dir: DmaDirection): void {
   const i = attach.handed.indexOf(h);
   if (i >= 0) attach.handed.splice(i, 1);
+  attach.dmabuf.core.trace.emit(
+    "dma_buf:unmap",
+    `${attach.describe()}: unmap ${h.exporter.nents} segment(s)`,
+  );
   debugUnwrap(attach.dmabuf, h);
   attach.dmabuf.ops.unmap_dma_buf!(attach, h.exporter, dir);
 }
@@ -216,6 +251,11 @@ export function dmaBufDynamicAttach(
   dmabuf.resv.lock("dma_buf_dynamic_attach");
   dmabuf.attachments.unshift(attach); // list_add: at the head
   dmabuf.resv.unlock("dma_buf_dynamic_attach");
+  core.trace.emit(
+    "dma_buf:attach",
+    `${attach.describe()}: ${importerOps ? "dynamic" : "static"} importer, peer2peer=${attach.peer2peer ? 1 : 0}`,
+    { device: dev.fn.name, dynamic: importerOps !== null, peer2peer: attach.peer2peer },
+  );
 
   if (
     core.profile.dmaBuf.mapOnAttachIfMismatch &&
@@ -284,10 +324,12 @@ export function dmaBufDetach(dmabuf: DmaBuf | null, attach: DmaBufAttachment | n
       dmabuf.resv.unlock("dma_buf_detach");
     }
   }
-  if (attach.handed.length > 0)
+  if (attach.handed.length > 0) {
     dmabuf.core.modelReports.push(
       `${attach.describe()} detached with ${attach.handed.length} mapping(s) not unmapped: leaked`,
     );
+    dmabuf.core.leftovers.add(attach);
+  }
   dmabuf.resv.lock("dma_buf_detach");
   const i = dmabuf.attachments.indexOf(attach);
   if (i >= 0) dmabuf.attachments.splice(i, 1);
@@ -304,7 +346,9 @@ export function dmaBufPin(attach: DmaBufAttachment): DbResult {
   if (!dmaBufAttachmentIsDynamic(attach))
     dmabuf.core.warn(`dma_buf_pin(): ${attach.describe()} is not a dynamic importer`);
   dmabuf.resv.assertHeld("dma_buf_pin");
-  return dmabuf.ops.pin ? dmabuf.ops.pin(attach) : kok();
+  const r = dmabuf.ops.pin ? dmabuf.ops.pin(attach) : kok();
+  if (r.ok) attach.pins++;
+  return r;
 }
 
 // models dma_buf_unpin()
@@ -314,6 +358,7 @@ export function dmaBufUnpin(attach: DmaBufAttachment): void {
     dmabuf.core.warn(`dma_buf_unpin(): ${attach.describe()} is not a dynamic importer`);
   dmabuf.resv.assertHeld("dma_buf_unpin");
   dmabuf.ops.unpin?.(attach);
+  if (attach.pins > 0) attach.pins--;
 }
 
 // ── map / unmap ─────────────────────────────────────────────────────────────────────────────

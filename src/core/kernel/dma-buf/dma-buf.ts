@@ -14,6 +14,7 @@
 
 import type { DmaDirection } from "../dma/mapping.ts";
 import { KernelBug, kok } from "../errno.ts";
+import type { Leak, LeakSource } from "../leaks.ts";
 import type { SgTable } from "../lib/scatterlist.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
 import { DEFAULT_PROFILE, type KernelProfile, PROFILES } from "../profile.ts";
@@ -39,6 +40,7 @@ import { type DbResult, dbErr } from "./result.ts";
 import {
   DmaFence,
   DmaResv,
+  type DmaResvUsage,
   dmaResvUsageRw,
   type LockdepReport,
   SimClock,
@@ -54,7 +56,7 @@ export interface DmaBufConfig {
 }
 
 /** The dma-buf subsystem of one kernel: profile, config, global list, log. */
-export class DmaBufCore {
+export class DmaBufCore implements LeakSource {
   readonly profile: KernelProfile;
   readonly debug: boolean;
   readonly moveNotify: boolean;
@@ -71,6 +73,12 @@ export class DmaBufCore {
   readonly modelReports: string[] = [];
   /** pr_debug lines. */
   readonly log: string[] = [];
+  /**
+   * Attachments no longer reachable through `buffers` that still hold something: still attached
+   * when their buffer was released (the WARN_ON), or detached with tables not unmapped (mainline
+   * leaks them). Neither can be undone any more; the leak check reports them.
+   */
+  readonly leftovers = new Set<DmaBufAttachment>();
   readonly trace: Tracer;
   readonly #warnedOnce = new Set<string>();
   #nextIno = 1;
@@ -100,7 +108,80 @@ export class DmaBufCore {
   nextIno(): number {
     return this.#nextIno++;
   }
+
+  /**
+   * What the subsystem still holds: buffers on db_list (file not released), attachments not
+   * detached, tables mapped and not unmapped, the importers' own pins, kernel vmaps, reservation
+   * locks held, and unsignalled fences on the buffers' reservation objects.
+   */
+  leaks(): Leak[] {
+    const owner = "dma-buf core";
+    const out: Leak[] = [];
+    const resvs = new Set<DmaResv>();
+    const attachmentLeaks = (a: DmaBufAttachment): void => {
+      const released = a.dmabuf.state === "released";
+      if (a.state === "attached")
+        out.push({
+          kind: "attachment",
+          owner,
+          detail: `${a.describe()} not detached${released ? " (the buffer was released with it attached; it can no longer be detached)" : ""}`,
+        });
+      for (const h of a.handed) {
+        const first = h.importer.sgl?.dma_address;
+        out.push({
+          kind: "sg-mapping",
+          owner,
+          detail: `${h.importer.name}: ${h.importer.nents} DMA segment(s)${first !== undefined ? ` from ${hex(first)}` : ""}, mapped ${h.dir} through ${a.describe()}, not unmapped${a.sgt === h.importer ? " (the cached mapping, unmapped at detach)" : ""}${a.state === "detached" ? " (detached without unmapping: leaked)" : ""}`,
+        });
+      }
+      if (a.pins > 0)
+        out.push({
+          kind: "pin",
+          owner,
+          detail: `${a.describe()} pinned ${a.pins} time(s) with dma_buf_pin() and not unpinned`,
+        });
+    };
+    for (const b of this.buffers) {
+      const polls = [b.cb_in ? "EPOLLIN" : null, b.cb_out ? "EPOLLOUT" : null].filter(
+        (x) => x !== null,
+      );
+      out.push({
+        kind: "dma-buf",
+        owner,
+        detail: `${b.describe()} still on db_list: file ${b.file.name} holds ${b.file.count} reference(s)${polls.length > 0 ? ` (poll callback armed for ${polls.join(", ")})` : ""}, ${b.attachments.length} attachment(s)`,
+      });
+      if (b.vmapping_counter > 0)
+        out.push({
+          kind: "vmap",
+          owner,
+          detail: `${b.describe()} vmapped ${b.vmapping_counter} time(s)${b.vmap_ptr ? ` at ${b.vmap_ptr.isIomem ? "iomem " : ""}${hex(b.vmap_ptr.addr)}` : ""}, not vunmapped`,
+        });
+      for (const a of b.attachments) attachmentLeaks(a);
+      if (resvs.has(b.resv)) continue;
+      resvs.add(b.resv);
+      if (b.resv.held)
+        out.push({
+          kind: "resv-lock",
+          owner,
+          detail: `reservation lock of ${b.resv.name} (${b.describe()}) still held`,
+        });
+      const usages: DmaResvUsage[] = ["kernel", "write", "read", "bookkeep"];
+      const byUsage = usages.map((u) => [u, b.resv.fences(u)] as const);
+      for (const f of b.resv.fences("bookkeep")) {
+        const usage = byUsage.find(([, fs]) => fs.includes(f))?.[0] ?? "bookkeep";
+        out.push({
+          kind: "fence",
+          owner,
+          detail: `${f.name} (${usage}) on ${b.resv.name} unsignalled: ${f.signalAt === null ? "nothing will signal it" : `signals at t=${f.signalAt} ms (now ${this.clock.now} ms)`}`,
+        });
+      }
+    }
+    for (const a of this.leftovers) attachmentLeaks(a);
+    return out;
+  }
 }
+
+const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
 /** `struct module` as try_module_get sees it. */
 export class Module {
@@ -280,6 +361,11 @@ export function dmaBufExport(core: DmaBufCore, info: DmaBufExportInfo): DbResult
   }
   const dmabuf = new DmaBuf(core, info, ops, DMA_BUF_FOPS);
   core.buffers.add(dmabuf);
+  core.trace.emit("dma_buf:export", `${dmabuf.describe()} exported`, {
+    ino: dmabuf.ino,
+    exporter: dmabuf.exp_name,
+    size: dmabuf.size,
+  });
   return kok(dmabuf);
 }
 
@@ -305,8 +391,10 @@ function dmaBufRelease(dmabuf: DmaBuf): void {
       `BUG_ON(dmabuf->cb_in.active || dmabuf->cb_out.active) on ${dmabuf.describe()}`,
     );
   dmabuf.releaseCount++;
+  dmabuf.core.trace.emit("dma_buf:release", `${dmabuf.describe()} released`, { ino: dmabuf.ino });
   dmabuf.ops.release!(dmabuf);
   if (dmabuf.embeddedResv) dmabuf.resv.fini();
+  for (const a of dmabuf.attachments) core.leftovers.add(a);
   if (dmabuf.attachments.length > 0)
     core.warn(
       `WARN_ON(!list_empty(&dmabuf->attachments)): ${dmabuf.describe()} released with ${dmabuf.attachments.length} attachment(s) (${dmabuf.attachments.map((a) => a.dev.name).join(", ")})`,
@@ -685,5 +773,9 @@ export function dmaBufVunmapUnlocked(dmabuf: DmaBuf, map: IosysMap): void {
  */
 export function dmaBufMoveNotify(dmabuf: DmaBuf): void {
   dmabuf.live("dma_buf_move_notify()").resv.assertHeld("dma_buf_move_notify");
+  dmabuf.core.trace.emit(
+    "dma_buf:move_notify",
+    `${dmabuf.describe()}: move_notify to ${dmabuf.attachments.filter((a) => a.importer_ops).length} dynamic importer(s)`,
+  );
   for (const a of [...dmabuf.attachments]) if (a.importer_ops) a.importer_ops.move_notify!(a);
 }

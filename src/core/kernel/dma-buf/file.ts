@@ -12,6 +12,7 @@
  */
 
 import { KernelBug, kok } from "../errno.ts";
+import type { Leak, LeakSource } from "../leaks.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
 import type { DmaBuf } from "./dma-buf.ts";
 import { type DbResult, dbErr } from "./result.ts";
@@ -159,7 +160,7 @@ export interface FdEntry {
 let nextPid = 100;
 
 /** A task with its fd table (`files_struct`); `rlimitNofile` is RLIMIT_NOFILE. */
-export class Process {
+export class Process implements LeakSource {
   readonly pid = nextPid++;
   readonly name: string;
   readonly rlimitNofile: number;
@@ -210,6 +211,18 @@ export class Process {
   /** The file behind `fd` without a reference (the syscall paths' fdget), or null. */
   peek(fd: number): KFile | null {
     return this.live("fdget()").fds.get(fd)?.file ?? null;
+  }
+
+  /** Every fd still open, lowest first (a process that exited has none). */
+  leaks(): Leak[] {
+    const owner = `process ${this.name} (pid ${this.pid})`;
+    return [...this.fds]
+      .sort(([a], [b]) => a - b)
+      .map(([fd, e]) => ({
+        kind: "fd",
+        owner,
+        detail: `fd ${fd} -> ${e.file.private_data ? e.file.private_data.describe() : e.file.name} (${e.file.f_op.name}, file #${e.file.id}, ${e.file.count} reference(s)${e.cloexec ? ", O_CLOEXEC" : ""}) still open`,
+      }));
   }
 }
 

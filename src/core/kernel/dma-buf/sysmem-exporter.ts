@@ -10,6 +10,7 @@
 
 import type { DmaDirection } from "../dma/mapping.ts";
 import { KernelBug, kok } from "../errno.ts";
+import type { Leak, LeakSource } from "../leaks.ts";
 import { type SgTable, sg_alloc_table_from_pages, sg_free_table } from "../lib/scatterlist.ts";
 import type { Page } from "../mm/page.ts";
 import { System } from "../system.ts";
@@ -61,7 +62,7 @@ export type Callback =
   | "vmap"
   | "vunmap";
 
-export class SysmemExporter {
+export class SysmemExporter implements LeakSource {
   readonly sys: System;
   readonly opts: SysmemExporterOptions;
   pages: Page[];
@@ -74,6 +75,10 @@ export class SysmemExporter {
   /** Whether the resv was held when each locked callback ran. */
   readonly lockedCalls: { cb: Callback; held: boolean }[] = [];
   dmabuf: DmaBuf | null = null;
+  /** Buffers exported with these pages whose `release` has not run yet. */
+  readonly #backing = new Set<DmaBuf>();
+  /** `pages` were given back to the System (the last buffer backed by them was released). */
+  #pagesFreed = false;
 
   constructor(sys: System, opts: SysmemExporterOptions) {
     this.sys = sys;
@@ -102,8 +107,14 @@ export class SysmemExporter {
     } = {
       map_dma_buf: (attach, dir) => this.#map(attach, dir),
       unmap_dma_buf: (attach, sgt, dir) => this.#unmap(attach, sgt, dir),
-      release: () => {
+      release: (d) => {
         this.calls.push("release");
+        // the heap's release frees the pages once no buffer of this exporter uses them
+        this.#backing.delete(d);
+        if (this.#backing.size === 0 && !this.#pagesFreed) {
+          this.#pagesFreed = true;
+          this.sys.freePages(this.pages);
+        }
       },
     };
     if (o.cacheSgtMapping) ops.cache_sgt_mapping = true;
@@ -188,6 +199,11 @@ export class SysmemExporter {
 
   /** Exports with these ops (`priv` is this exporter). */
   export(core: DmaBufCore): DbResult<DmaBuf> {
+    if (this.#pagesFreed) {
+      // exported again after the previous buffer was released: fresh backing
+      this.pages = this.sys.allocPages(this.opts.size);
+      this.#pagesFreed = false;
+    }
     const r = dmaBufExport(core, {
       exp_name: this.opts.name ?? "sysmem",
       owner: this.opts.owner ?? null,
@@ -196,8 +212,22 @@ export class SysmemExporter {
       flags: this.opts.flags ?? 2,
       priv: this,
     });
-    if (r.ok) this.dmabuf = r.value;
+    if (r.ok) {
+      this.dmabuf = r.value;
+      this.#backing.add(r.value);
+    }
     return r;
+  }
+
+  /** Buffers it still backs (exported, `release` not run yet), with what is outstanding on them. */
+  leaks(): Leak[] {
+    const owner = `sysmem exporter ${this.opts.name ?? "sysmem"}`;
+    const first = this.pages[0];
+    return [...this.#backing].map((d) => ({
+      kind: "dma-buf",
+      owner,
+      detail: `still backs ${d.describe()}: ${this.pages.length} page(s)${first ? ` from phys 0x${System.phys(first).toString(16)}` : ""}, release not called${this.outstanding.size > 0 ? `, ${this.outstanding.size} table(s) mapped` : ""}${this.pins > 0 ? `, pinned ${this.pins} time(s)` : ""}`,
+    }));
   }
 
   /**
@@ -215,7 +245,9 @@ export class SysmemExporter {
         System.phys(next[i]!),
         this.sys.memory.read(System.phys(this.pages[i]!), 4096),
       );
+    const old = this.pages;
     this.pages = next;
+    this.sys.freePages(old);
     return kok();
   }
 }

@@ -263,4 +263,28 @@ export class DmaDebug {
   liveMappings(dev: DmaDevice): number {
     return [...this.#entries(dev)].length;
   }
+
+  /** Every live entry of every device (the leak check's view of `dma_entry_hash`). */
+  allLive(): {
+    device: string;
+    kind: Kind;
+    dma: bigint;
+    size: bigint;
+    dir: DmaDirection;
+    phys?: PhysAddr;
+  }[] {
+    const out: ReturnType<DmaDebug["allLive"]> = [];
+    for (const [device, live] of this.#live)
+      for (const list of live.values())
+        for (const e of list)
+          out.push({
+            device,
+            kind: e.kind,
+            dma: e.dma,
+            size: e.size,
+            dir: e.dir,
+            ...(e.phys !== undefined ? { phys: e.phys } : {}),
+          });
+    return out;
+  }
 }

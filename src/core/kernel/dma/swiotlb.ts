@@ -99,4 +99,14 @@ export class Swiotlb {
   get liveBounces(): number {
     return this.#live.size;
   }
+
+  /** Every bounce slot run in use: its address in the pool, the original buffer, the slots. */
+  bounces(): { tlb: bigint; orig: bigint; size: bigint; slots: number }[] {
+    return [...this.#live.values()].map((b) => ({
+      tlb: b.tlb,
+      orig: b.orig,
+      size: b.size,
+      slots: b.slots,
+    }));
+  }
 }

@@ -49,6 +49,8 @@ export interface IovaRange {
 class IovaNode implements IovaRange {
   pfnLo: bigint;
   pfnHi: bigint;
+  /** Inserted by `reserve_iova` (MSI window, host-bridge windows): never handed out or freed. */
+  reserved = false;
   constructor(pfnLo: bigint, pfnHi: bigint) {
     this.pfnLo = pfnLo;
     this.pfnHi = pfnHi;
@@ -410,6 +412,7 @@ export class IovaDomain {
     }
     // __insert_new_range
     const node = new IovaNode(lo, hi);
+    node.reserved = true;
     this.tree.splice(this.lowerBound(lo), 0, node);
     return view(node);
   }
@@ -585,6 +588,23 @@ export class IovaDomain {
   /** Run timers and delayed work that are due at the current clock. */
   tick(): void {
     this.timers.run();
+  }
+
+  /** Ranges `reserve_iova` put in the tree (an allocation it widened is not counted here). */
+  reservedRanges(): IovaRange[] {
+    return this.tree.filter((n) => n.reserved).map(view);
+  }
+
+  /**
+   * Ranges handed out and not given back, as the user of the allocator sees it: every tree node
+   * except the anchor, the reserved ranges, and the ranges parked in a per-CPU magazine or the
+   * depot (those stay in the tree but are free). Does not run due timers.
+   */
+  allocatedRanges(): IovaRange[] {
+    const cached = new Set(this.cachedPfns());
+    return this.tree
+      .filter((n) => n !== this.anchor && !n.reserved && !cached.has(n.pfnLo))
+      .map(view);
   }
 }
 
@@ -881,6 +901,15 @@ export class IommuDmaDomain {
   /** Run timers and delayed work that are due. */
   tick(): void {
     this.iovad.timers.run();
+  }
+
+  /**
+   * IOVA ranges still allocated from the caller's point of view: `IovaDomain.allocatedRanges`
+   * minus the ranges waiting in the flush queue (unmapped, freed once the IOTLB is flushed).
+   */
+  liveRanges(): IovaRange[] {
+    const queued = new Set(this.queuedFrees().map((q) => q.pfn));
+    return this.iovad.allocatedRanges().filter((r) => !queued.has(r.pfnLo));
   }
 
   /** `iommu_dma_alloc_iova`; see the free function of the same name. */

@@ -187,6 +187,15 @@ export class P2pmemRegistry {
     return { size, available: avail, published: st.published };
   }
 
+  /** Every live `pci_alloc_p2pmem` allocation: provider, kernel VA, pages, bus address. */
+  allocations(): { owner: PciFunction; va: KernelVa; pages: number; bus: BusAddr | 0n }[] {
+    const out: { owner: PciFunction; va: KernelVa; pages: number; bus: BusAddr | 0n }[] = [];
+    for (const [fn, st] of this.#states)
+      for (const [va, pages] of st.live)
+        out.push({ owner: fn, va: va as KernelVa, pages, bus: this.virtToBus(fn, va as KernelVa) });
+    return out;
+  }
+
   /** `pci_has_p2pmem` as the profile defines it. */
   hasPublished(fn: PciFunction, needPool: boolean): boolean {
     const st = this.#states.get(fn);
