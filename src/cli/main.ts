@@ -11,6 +11,7 @@ import { explainPair } from "../core/analysis/p2p.ts";
 import { buildTree } from "../core/analysis/tree.ts";
 import { CPU_PRESETS } from "../core/kernel/pci/pci-view.ts";
 import { PROFILES } from "../core/kernel/profile.ts";
+import { loadScenario, run } from "./commands/run.ts";
 import { completionScript } from "./completion.ts";
 import { IOMMU_CHOICES, loadContext, resolveDevice, type WhatIf } from "./context.ts";
 import { EXIT, EXIT_HELP } from "./exit-codes.ts";
@@ -27,6 +28,7 @@ import {
 } from "./io.ts";
 import { renderExplain } from "./render/explain.ts";
 import { renderMatrix } from "./render/matrix.ts";
+import { renderRun } from "./render/run.ts";
 import { renderTree } from "./render/tree.ts";
 
 const CONVERT_TARGETS = ["yaml", "json", "hwloc-xml", "nccl-xml", "dot"] as const;
@@ -220,6 +222,38 @@ export function buildProgram(): Command {
     .addArgument(new Argument("<shell>", "bash, zsh or fish").choices(["bash", "zsh", "fish"]))
     .action((shell: "bash" | "zsh" | "fish") => {
       writeOut(completionScript(program, shell));
+    });
+
+  program
+    .command("run")
+    .description(
+      "run a scenario file: processes export, import, map and DMA; prints the kernel trace and checks each step's expectation",
+    )
+    .argument("<scenario...>", "scenario YAML file(s), e.g. examples/scenarios/*.yaml")
+    .option(
+      "-i, --input <source...>",
+      "replace the first machine of the scenario with this input (any format tree/matrix read)",
+    )
+    .option("--json", "print one JSON document on stdout")
+    .option("--no-color", "no colours (also NO_COLOR=1; FORCE_COLOR=1 forces them)")
+    .action(async (files: string[], o: { input?: string[]; json?: boolean; color?: boolean }) => {
+      const results = [];
+      const c = colors(o.color);
+      for (const f of files) {
+        const l = await loadScenario(f, o.input);
+        const r = run(l);
+        results.push({ machines: l.labels, ...r });
+        if (!o.json) {
+          if (results.length > 1) writeOut("");
+          writeOut(renderRun(r, l.labels, c));
+        }
+      }
+      if (o.json)
+        writeJson({
+          input: { scenarios: files, ...(o.input ? { override: o.input } : {}) },
+          data: { scenarios: results },
+        });
+      process.exitCode = results.every((r) => r.passed) ? EXIT.OK : EXIT.NEGATIVE;
     });
 
   program

@@ -95,7 +95,6 @@ describe("fabric: DMA that really moves bytes", () => {
   it("a peer below the same switch writes straight into the other's BAR by bus address", () => {
     const m = machine(0);
     const { mem, fabric } = hardware(m);
-    const a = m.byBdf("03:00.0")!;
     const b = m.byBdf("04:00.0")!;
     fabric.attach(b, new IommuPageTable("dma")); // an IOMMU does not see switch-local P2P
     const data = bytes(1 << 20, 3);

@@ -32,7 +32,7 @@ import { P2pmemRegistry } from "./mm/p2pmem.ts";
 import { PAGE_SHIFT, PAGE_SIZE_N, type Page } from "./mm/page.ts";
 import { cpuSupportsP2pdma, hostBridgeAllowed, P2pdma, type PciView } from "./pci/p2pdma.ts";
 import { type BootedPci, bootPci, type PciViewOptions } from "./pci/pci-view.ts";
-import { NO_TRACE, type Tracer } from "./trace.ts";
+import { type DmaAddrKind, dmaAddrKind, NO_TRACE, type Tracer } from "./trace.ts";
 
 export interface SystemOptions extends PciViewOptions {
   /** Bytes of RAM above 4 GiB (plus 2 GiB below); default 64 GiB. Backed lazily. */
@@ -131,6 +131,7 @@ export class System implements LeakSource {
             end: physAddr(b.start),
             name: "System RAM",
           });
+        // biome-ignore lint/complexity/useMathMinMax: bigints
         cur = b.end > cur ? b.end : cur;
       }
       if (cur < e)
@@ -418,6 +419,17 @@ export class System implements LeakSource {
       }
     }
     return out;
+  }
+
+  /**
+   * What a DMA address handed to `dev` is on the wire: a bus address when marked so (P2PDMA
+   * BUS_ADDR) or when, untranslated, it lands in a peer's BAR; an IOVA behind a translating
+   * domain; else a CPU physical address of RAM.
+   */
+  dmaAddrKind(dev: DmaDevice, dma: bigint, busMarked: boolean): DmaAddrKind {
+    const t = dev.translation.kind;
+    const rawBar = t !== "dma" && this.memory.regionAt(dma)?.kind === "bar";
+    return dmaAddrKind(t, busMarked || rawBar);
   }
 
   /** Physical address of a page. */

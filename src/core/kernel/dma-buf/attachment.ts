@@ -29,7 +29,6 @@ import {
   unpoisonPages,
 } from "../lib/scatterlist.ts";
 import { PAGE_SIZE_N } from "../mm/page.ts";
-import { dmaAddrKind } from "../trace.ts";
 import { type DmaBuf, dmaBufIsDynamic } from "./dma-buf.ts";
 import { type DbResult, dbErr } from "./result.ts";
 
@@ -159,11 +158,11 @@ function debugUnwrap(dmabuf: DmaBuf, h: Handed): void {
 function traceMap(attach: DmaBufAttachment, sgt: SgTable): void {
   const trace = attach.dmabuf.core.trace;
   if (!trace.enabled) return;
-  const kind = attach.dev.translation.kind;
+  const core = attach.dmabuf.core;
   const segments = [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
     dma: s.dma_address,
     len: BigInt(s.dma_length),
-    kind: dmaAddrKind(kind, sg_dma_is_bus_address(s)),
+    kind: core.addrKind(attach.dev, s.dma_address, sg_dma_is_bus_address(s)),
   }));
   trace.emit("dma_buf:map", `${attach.describe()}: ${segments.length} DMA segment(s)`, {
     device: attach.dev.fn.name,

@@ -12,13 +12,14 @@
  * attachment still present is the kernel's WARN_ON (recorded in `core.warnings`; release goes on).
  */
 
+import type { DmaDevice } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
 import { KernelBug, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import type { SgTable } from "../lib/scatterlist.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
 import { DEFAULT_PROFILE, type KernelProfile, PROFILES } from "../profile.ts";
-import { NO_TRACE, type Tracer } from "../trace.ts";
+import { type DmaAddrKind, dmaAddrKind, NO_TRACE, type Tracer } from "../trace.ts";
 import type { DmaBufAttachment } from "./attachment.ts";
 import {
   EPOLLERR,
@@ -80,13 +81,21 @@ export class DmaBufCore implements LeakSource {
    */
   readonly leftovers = new Set<DmaBufAttachment>();
   readonly trace: Tracer;
+  /** Names the kind of each DMA address in the trace (the System knows where BARs are). */
+  readonly addrKind: (dev: DmaDevice, dma: bigint, busMarked: boolean) => DmaAddrKind;
   readonly #warnedOnce = new Set<string>();
   #nextIno = 1;
 
   constructor(
-    opts: { profile?: KernelProfile; clock?: SimClock; tracer?: Tracer } & DmaBufConfig = {},
+    opts: {
+      profile?: KernelProfile;
+      clock?: SimClock;
+      tracer?: Tracer;
+      addrKind?: (dev: DmaDevice, dma: bigint, busMarked: boolean) => DmaAddrKind;
+    } & DmaBufConfig = {},
   ) {
     this.trace = opts.tracer ?? NO_TRACE;
+    this.addrKind = opts.addrKind ?? ((dev, _dma, bus) => dmaAddrKind(dev.translation.kind, bus));
     this.profile = opts.profile ?? PROFILES[DEFAULT_PROFILE];
     this.debug = opts.debug ?? false;
     this.moveNotify = opts.moveNotify ?? false;

@@ -48,6 +48,7 @@ export interface DmaDevice {
 export function dmaLimit(dev: DmaDevice): bigint {
   if (dev.busDmaLimit === 0n) return dev.dmaMask;
   if (dev.dmaMask === 0n) return dev.busDmaLimit;
+  // biome-ignore lint/complexity/useMathMinMax: bigints
   return dev.dmaMask < dev.busDmaLimit ? dev.dmaMask : dev.busDmaLimit;
 }
 

@@ -47,6 +47,17 @@ interface P2pState {
   map: P2pMapType | "none";
 }
 
+/** `struct dma_iova_state`: the IOVA and the size allocated (0: the IOVA path is not in use). */
+export interface DmaIovaState {
+  addr: DmaAddr;
+  size: bigint;
+}
+
+/** models dma_use_iova() */
+export function dmaUseIova(state: DmaIovaState): boolean {
+  return state.size !== 0n;
+}
+
 export interface DmaApiDeps {
   readonly p2pdma: P2pdma;
   readonly swiotlb: Swiotlb | null;
@@ -400,6 +411,92 @@ export class DmaApi {
       end = s.dma_address + BigInt(s.dma_length);
     }
     if (start !== null) this.#iommuUnmap(dev, dmaAddr(start), end - start);
+  }
+
+  // ── the two-step IOVA API (dma_iova_*) ──────────────────────────────────────────────────────
+
+  /**
+   * One IOVA range for `size` bytes, aligned like `phys` within a granule; false (state zeroed)
+   * when the device is not on dma-iommu, `size` is 0 or the allocation fails.
+   * models dma_iova_try_alloc()
+   */
+  iovaTryAlloc(dev: DmaDevice, state: DmaIovaState, phys: bigint, size: bigint): boolean {
+    state.addr = dmaAddr(0n);
+    state.size = 0n;
+    const t = dev.translation;
+    if (t.kind !== "dma" || size === 0n) return false;
+    const off = phys & (t.table.granule - 1n);
+    const base = t.iova.alloc(align(size + off, t.table.granule), dmaLimit(dev), {
+      dev: dev.client,
+    });
+    if (base === null) return false;
+    state.addr = dmaAddr(base + off);
+    state.size = size;
+    return true;
+  }
+
+  /**
+   * Maps `phys` at `state.addr + offset` (no IOTLB sync). A sub-granule `phys` with a non-zero
+   * offset: WARN, -EIO; an untrusted device with an unaligned MMIO range: -EPERM; an IOVA already
+   * mapped: the IOMMU driver's error (-EEXIST here). models dma_iova_link()
+   */
+  iovaLink(
+    dev: DmaDevice,
+    state: DmaIovaState,
+    phys: bigint,
+    offset: bigint,
+    size: bigint,
+    dir: DmaDirection,
+    attrs: DmaAttrs = {},
+  ): KResult {
+    const t = dev.translation;
+    if (t.kind !== "dma" || !dmaUseIova(state)) return kerr("EINVAL", "no IOVA state");
+    const g = t.table.granule;
+    const pad = phys & (g - 1n);
+    if (pad !== 0n && offset !== 0n)
+      return kerr(
+        "EIO",
+        `dma_iova_link: unaligned phys 0x${phys.toString(16)} at offset ${offset}`,
+        {
+          warn: true,
+        },
+      );
+    if (dev.untrusted && ((phys | size) & (g - 1n)) !== 0n) {
+      if (attrs.mmio) return kerr("EPERM", "unaligned MMIO cannot be bounced");
+      throw new Error("dma_iova_link: swiotlb bouncing of an IOVA link is not modelled");
+    }
+    const at = state.addr + offset - pad;
+    const len = align(size + pad, g);
+    try {
+      t.table.map(at, phys - pad, len, prot(dir, attrs));
+    } catch (e) {
+      if (e instanceof Error && /already mapped/.test(e.message))
+        return kerr("EEXIST", `IOVA 0x${at.toString(16)}+0x${len.toString(16)} is already mapped`);
+      throw e;
+    }
+    return kok();
+  }
+
+  /** The IOTLB sync after links; nothing to do in the model. models dma_iova_sync() */
+  iovaSync(_dev: DmaDevice, _state: DmaIovaState, _offset: bigint, _size: bigint): KResult {
+    return kok();
+  }
+
+  /**
+   * Unlinks `[0, mappedLen)` and frees the IOVA (that length, as the kernel passes it); with
+   * `mappedLen` 0 only frees the whole allocation. models dma_iova_destroy()
+   */
+  iovaDestroy(dev: DmaDevice, state: DmaIovaState, mappedLen: bigint): void {
+    const t = dev.translation;
+    if (t.kind !== "dma" || !dmaUseIova(state)) return;
+    const g = t.table.granule;
+    const pad = state.addr & (g - 1n);
+    const start = state.addr - pad;
+    const len = align((mappedLen === 0n ? state.size : mappedLen) + pad, g);
+    if (mappedLen !== 0n) t.table.unmap(start, len);
+    t.iova.free(iova(start), len);
+    state.addr = dmaAddr(0n);
+    state.size = 0n;
   }
 
   // ── syncs ───────────────────────────────────────────────────────────────────────────────────

@@ -81,7 +81,7 @@ export class P2pmemRegistry {
     offset: bigint,
   ): P2pResult<DevPagemap> {
     const bar = fn.desc.bars?.find((b) => b.index === barIndex);
-    if (!bar || !bar.mem) return { ok: false, errno: "EINVAL" };
+    if (!bar?.mem) return { ok: false, errno: "EINVAL" };
     if (offset >= bar.size) return { ok: false, errno: "EINVAL" };
     const sz = size === 0n ? bar.size - offset : size;
     if (sz + offset > bar.size) return { ok: false, errno: "EINVAL" };

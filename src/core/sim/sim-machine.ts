@@ -1,0 +1,416 @@
+/**
+ * @module sim-machine
+ * The scripting API: a booted machine with its drivers bound and processes that make system
+ * calls, for people who write TypeScript instead of scenario files.
+ *
+ * @example
+ * const server = new SimMachine(desc, { name: "server" });
+ * const trainer = server.process("trainer");
+ * const accel = trainer.open("/dev/accel/accel0");
+ * const { va } = trainer.accelAlloc(accel, 2n << 20n);
+ * const buf = trainer.accelExport(accel, { addr: va, size: 2n << 20n });
+ *
+ * Calls that fail in the kernel throw `ErrnoError` (errno name, the kernel's reason); nothing else
+ * throws for a "no" answer. Drivers are bound by what a function is (its driver, else its class):
+ * habanalabs-style accelerators appear as /dev/accel/accelN, RDMA NICs as /dev/infiniband/uverbsN.
+ */
+
+import { explainPair } from "../analysis/p2p.ts";
+import type { MachineDescription, PciFunction } from "../hw/machine.ts";
+import { type DmaBuf, DmaBufCore } from "../kernel/dma-buf/dma-buf.ts";
+import {
+  dmaBufFd,
+  dmaBufGet,
+  dmaBufPut,
+  O_CLOEXEC,
+  O_RDWR,
+  Process,
+  sendFd,
+  sysClose,
+  sysDup,
+  sysExit,
+} from "../kernel/dma-buf/file.ts";
+import type { DbErrno, DbResult } from "../kernel/dma-buf/result.ts";
+import { SysmemExporter } from "../kernel/dma-buf/sysmem-exporter.ts";
+import {
+  AccelDevice,
+  type AccelOptions,
+  HL_MEM_OP_ALLOC,
+  HL_MEM_OP_EXPORT_DMABUF_FD,
+  HL_MEM_OP_MAP,
+  HL_MEM_OP_UNMAP,
+  hlMemIoctl,
+} from "../kernel/drivers/accel.ts";
+import { type IbvContext, RdmaDevice, type RdmaOptions } from "../kernel/drivers/rdma.ts";
+import { type Leak, type LeakSource, leakReport } from "../kernel/leaks.ts";
+import type { PciViewOptions } from "../kernel/pci/pci-view.ts";
+import { PROFILES } from "../kernel/profile.ts";
+import { System } from "../kernel/system.ts";
+import { Tracer } from "../kernel/trace.ts";
+import { KernelImporter, type KernelImporterOptions } from "./kernel-importer.ts";
+
+/** A system call or kernel call that failed: the errno and the kernel's reason. */
+export class ErrnoError extends Error {
+  readonly errno: DbErrno;
+  readonly reason: string;
+
+  constructor(errno: DbErrno, reason: string, what: string) {
+    super(`${what}: ${errno}${reason ? ` (${reason})` : ""}`);
+    this.name = "ErrnoError";
+    this.errno = errno;
+    this.reason = reason;
+  }
+}
+
+/** A script or scenario asked for something that does not exist (a device, an fd of the wrong kind). */
+export class SimUsageError extends Error {
+  override name = "SimUsageError";
+}
+
+/** The value of a kernel result, or an ErrnoError naming `what` failed. */
+export function must<T>(r: DbResult<T>, what: string): T {
+  if (r.ok) return r.value;
+  throw new ErrnoError(r.errno, r.reason ?? "", what);
+}
+
+export interface SimMachineOptions extends Omit<PciViewOptions, "profile"> {
+  /** Shown in traces and reports; default the description's name. */
+  readonly name?: string;
+  /** Kernel profile id (`6.1`, `mainline`); default mainline. */
+  readonly kernel?: string;
+  /** CONFIG_DMABUF_DEBUG: importers get page-less tables (how depends on the profile). */
+  readonly dmabufDebug?: boolean;
+  /** CONFIG_DMABUF_MOVE_NOTIFY: dynamic importers are not pinned on map. */
+  readonly moveNotify?: boolean;
+  /** CONFIG_DMA_API_DEBUG. */
+  readonly dmaDebug?: boolean;
+  /** How the accelerator driver maps and validates (every accelerator of the machine). */
+  readonly accel?: AccelOptions;
+  /** How the RDMA driver registers dma-buf MRs (every NIC of the machine). */
+  readonly rdma?: RdmaOptions;
+  /** Share a tracer (two machines in one scenario); default a new, enabled one. */
+  readonly tracer?: Tracer;
+}
+
+/** PCI class codes (base class, subclass) the driver binding falls back on. */
+const CLASS_ACCEL = 0x12; // processing accelerators
+const CLASS_NET_INFINIBAND = 0x0207;
+
+const isAccel = (fn: PciFunction): boolean =>
+  fn.desc.driver === "habanalabs" ||
+  (fn.desc.driver == null && (fn.desc.classCode ?? 0) >> 16 === CLASS_ACCEL);
+const isRdma = (fn: PciFunction): boolean =>
+  fn.desc.driver === "mlx5_core" ||
+  fn.desc.driver === "irdma" ||
+  fn.desc.driver === "bnxt_en" ||
+  (fn.desc.driver == null && (fn.desc.classCode ?? 0) >> 8 === CLASS_NET_INFINIBAND);
+
+/** One booted machine: the System, the dma-buf core, its bound drivers and its processes. */
+export class SimMachine implements LeakSource {
+  readonly name: string;
+  readonly sys: System;
+  readonly core: DmaBufCore;
+  readonly tracer: Tracer;
+  /** Accelerators by node name (accel0, ...). */
+  readonly accels = new Map<string, AccelDevice>();
+  /** RDMA devices by ibv name (mlx5_0, ...). */
+  readonly nics = new Map<string, RdmaDevice>();
+  readonly #procs = new Map<string, SimProcess>();
+  readonly #importers: KernelImporter[] = [];
+  readonly #heaps: SysmemExporter[] = [];
+  /** Which PCI function provides each exported buffer's memory (null: host RAM). */
+  readonly #providers = new WeakMap<DmaBuf, PciFunction | null>();
+  readonly #opts: SimMachineOptions;
+
+  constructor(desc: MachineDescription, opts: SimMachineOptions = {}) {
+    this.#opts = opts;
+    this.name = opts.name ?? desc.name ?? "machine";
+    this.tracer = opts.tracer ?? new Tracer(true);
+    const profile = PROFILES[(opts.kernel ?? "mainline") as keyof typeof PROFILES];
+    if (!profile)
+      throw new SimUsageError(
+        `unknown kernel profile "${opts.kernel}" (known: ${Object.keys(PROFILES).join(", ")})`,
+      );
+    const { name: _n, kernel: _k, accel: _a, rdma: _r, tracer: _t, ...pci } = opts;
+    this.sys = new System(desc, {
+      ...pci,
+      profile: profile.id,
+      tracer: this.tracer,
+      ...(opts.dmaDebug ? { dmaDebug: true } : {}),
+    });
+    this.core = new DmaBufCore({
+      profile,
+      tracer: this.tracer,
+      addrKind: (dev, dma, bus) => this.sys.dmaAddrKind(dev, dma, bus),
+      debug: opts.dmabufDebug ?? false,
+      moveNotify: opts.moveNotify ?? false,
+    });
+    const accels = this.sys.machine.functions.filter(isAccel);
+    const nics = this.sys.machine.functions.filter(isRdma);
+    accels.forEach((fn, i) => {
+      const node = fn.desc.osDevices?.find((d) => /^accel\d+$/.test(d)) ?? `accel${i}`;
+      this.accels.set(node, this.#bindAccel(fn, node));
+    });
+    nics.forEach((fn, i) => {
+      const node = fn.desc.osDevices?.find((d) => /^\w+_\d+$/.test(d)) ?? `rdma${i}`;
+      this.nics.set(
+        node,
+        new RdmaDevice(this.sys, this.core, fn.name, { ...opts.rdma, name: node }),
+      );
+    });
+  }
+
+  #bindAccel(fn: PciFunction, node: string): AccelDevice {
+    return new AccelDevice(this.sys, this.core, fn.name, { ...this.#opts.accel, name: node });
+  }
+
+  /** A function by BDF (`0000:18:00.0`, `18:00.0`) or by node name (`accel0`, `mlx5_0`). */
+  fn(name: string): PciFunction {
+    const a = this.accels.get(name) ?? this.nics.get(name);
+    if (a) return "fn" in a ? a.fn : this.sys.machine.byBdf(a.dev.fn.name)!;
+    const full = /^[0-9a-f]{4}:/i.test(name) ? name : `0000:${name}`;
+    const f =
+      this.sys.machine.byBdf(full.toLowerCase()) ??
+      this.sys.machine.functions.find((x) => x.desc.osDevices?.includes(name));
+    if (!f) {
+      const known = [...this.accels.keys(), ...this.nics.keys()].join(", ");
+      throw new SimUsageError(
+        `${this.name}: no device "${name}" (bound devices: ${known || "none"})`,
+      );
+    }
+    return f;
+  }
+
+  /** The process named `name`, created (pid assigned) on first use. */
+  process(name: string): SimProcess {
+    let p = this.#procs.get(name);
+    if (!p || p.exited) {
+      p = new SimProcess(this, name);
+      this.#procs.set(name, p);
+    }
+    return p;
+  }
+
+  get processes(): readonly SimProcess[] {
+    return [...this.#procs.values()];
+  }
+
+  /** An in-kernel importer driver on `device` (a GPU, NIC or other DMA master). */
+  importer(device: string, opts: KernelImporterOptions = {}): KernelImporter {
+    const imp = new KernelImporter(this, this.fn(device), opts);
+    this.#importers.push(imp);
+    return imp;
+  }
+
+  /** A device file path to its driver: /dev/accel/accelN, /dev/infiniband/uverbsN. */
+  deviceNode(path: string): AccelDevice | RdmaDevice | undefined {
+    const a = /^\/dev\/accel\/(accel\d+)$/.exec(path);
+    if (a) return this.accels.get(a[1]!);
+    const u = /^\/dev\/infiniband\/uverbs(\d+)$/.exec(path);
+    if (u) return [...this.nics.values()][Number(u[1])];
+    return undefined;
+  }
+
+  /** Remember which function provides an exported buffer (for verdicts in the trace). */
+  noteProvider(d: DmaBuf, fn: PciFunction | null): void {
+    this.#providers.set(d, fn);
+  }
+
+  providerOf(d: DmaBuf): PciFunction | null {
+    return this.#providers.get(d) ?? null;
+  }
+
+  /** Trace the kernel's P2PDMA verdict for `importer` reaching `provider`'s memory. */
+  traceVerdict(provider: PciFunction, importer: PciFunction): void {
+    if (!this.tracer.enabled) return;
+    const e = explainPair(this.sys.pci, provider, importer);
+    const refused = e.mapType === "not-supported";
+    this.tracer.emit(
+      "p2pdma:verdict",
+      `${provider.name} -> ${importer.name}: ${e.mapType}${refused ? "" : `, distance ${e.distance}`}`,
+      {
+        provider: provider.name,
+        client: importer.name,
+        mapType: e.mapType,
+        distance: e.distance,
+        findings: e.findings.map((f) => ({ code: f.code, message: f.message })),
+      },
+    );
+  }
+
+  /** A dma-heap style host buffer (system memory exporter) owned by the kernel until released. */
+  newHeapBuffer(size: bigint, flags: number, movable: boolean): SysmemExporter {
+    const h = new SysmemExporter(this.sys, {
+      size,
+      dynamic: movable,
+      name: "system",
+      flags,
+      mmap: true,
+      vmap: true,
+      cpuAccess: true,
+    });
+    this.#heaps.push(h);
+    return h;
+  }
+
+  /** Everything the machine still holds: System, core, drivers, processes, importers. */
+  leaks(): Leak[] {
+    const sources: LeakSource[] = [this.sys, this.core, ...this.accels.values()];
+    sources.push(...this.nics.values(), ...this.#importers, ...this.#heaps, ...this.processes);
+    return leakReport(sources);
+  }
+
+  /** Unload in-kernel importers and kill every process still running (end of a scenario). */
+  shutdown(): void {
+    for (const imp of this.#importers) imp.unload();
+    for (const p of this.#procs.values()) if (!p.exited) p.exit();
+  }
+}
+
+/** Flags of an accelerator export, as the uAPI takes them. */
+export interface AccelExportArgs {
+  readonly addr: bigint;
+  readonly size: bigint;
+  readonly offset?: bigint;
+  /** O_RDWR | O_CLOEXEC by default (what hlthunk passes). */
+  readonly flags?: number;
+}
+
+/** A user process on a SimMachine. Failing calls throw ErrnoError. */
+export class SimProcess implements LeakSource {
+  readonly machine: SimMachine;
+  readonly proc: Process;
+  readonly #ibv = new Map<number, IbvContext>();
+  readonly #accelFds = new Map<number, AccelDevice>();
+
+  constructor(machine: SimMachine, name: string) {
+    this.machine = machine;
+    this.proc = new Process(name);
+  }
+
+  get name(): string {
+    return this.proc.name;
+  }
+
+  get exited(): boolean {
+    return this.proc.exited;
+  }
+
+  /** open(2) of a device node. */
+  open(path: string): number {
+    const drv = this.machine.deviceNode(path);
+    if (!drv) throw new ErrnoError("ENOENT", `no such device node on ${this.machine.name}`, path);
+    if (drv instanceof RdmaDevice) {
+      const ctx = must(drv.open(this.proc), `open(${path})`);
+      this.#ibv.set(ctx.fd, ctx);
+      return ctx.fd;
+    }
+    const fd = must(drv.open(this.proc), `open(${path})`);
+    this.#accelFds.set(fd, drv);
+    return fd;
+  }
+
+  close(fd: number): void {
+    must(sysClose(this.proc, fd), `close(${fd})`);
+    this.#ibv.delete(fd);
+    this.#accelFds.delete(fd);
+  }
+
+  dup(fd: number): number {
+    return must(sysDup(this.proc, fd), `dup(${fd})`);
+  }
+
+  /** Pass `fd` to `to` over a unix socket (SCM_RIGHTS); returns the receiver's fd. */
+  sendFd(fd: number, to: SimProcess, opts: { cloexec?: boolean } = {}): number {
+    return must(sendFd(this.proc, fd, to.proc, opts), `sendmsg(fd ${fd} -> ${to.name})`);
+  }
+
+  exit(): void {
+    sysExit(this.proc);
+    this.#ibv.clear();
+    this.#accelFds.clear();
+  }
+
+  /** HL_MEM_OP_ALLOC then HL_MEM_OP_MAP through the accelerator fd. */
+  accelAlloc(fd: number, size: bigint): { handle: bigint; va: bigint } {
+    this.#accel(fd);
+    const a = must(
+      hlMemIoctl(this.proc, fd, { op: HL_MEM_OP_ALLOC, mem_size: size }),
+      "HL_MEM_OP_ALLOC",
+    );
+    const m = must(
+      hlMemIoctl(this.proc, fd, { op: HL_MEM_OP_MAP, handle: a.handle }),
+      "HL_MEM_OP_MAP",
+    );
+    return { handle: a.handle, va: m.device_virt_addr };
+  }
+
+  /** HL_MEM_OP_EXPORT_DMABUF_FD: the dma-buf fd. */
+  accelExport(fd: number, args: AccelExportArgs): number {
+    const dev = this.#accel(fd);
+    const out = must(
+      hlMemIoctl(this.proc, fd, {
+        op: HL_MEM_OP_EXPORT_DMABUF_FD,
+        addr: args.addr,
+        mem_size: args.size,
+        offset: args.offset ?? 0n,
+        flags: args.flags ?? O_RDWR | O_CLOEXEC,
+      }),
+      "HL_MEM_OP_EXPORT_DMABUF_FD",
+    );
+    const d = this.dmabuf(out.fd);
+    this.machine.noteProvider(d, dev.fn);
+    return out.fd;
+  }
+
+  /** A system-memory dma-buf (DMA_HEAP_IOCTL_ALLOC on /dev/dma_heap/system). */
+  heapAlloc(size: bigint, opts: { flags?: number; movable?: boolean } = {}): number {
+    const flags = opts.flags ?? O_RDWR | O_CLOEXEC;
+    const h = this.machine.newHeapBuffer(size, flags, opts.movable ?? false);
+    const d = must(h.export(this.machine.core), "DMA_HEAP_IOCTL_ALLOC");
+    const fd = dmaBufFd(this.proc, d, flags);
+    if (!fd.ok) dmaBufPut(d);
+    this.machine.noteProvider(d, null);
+    return must(fd, "DMA_HEAP_IOCTL_ALLOC");
+  }
+
+  /** The dma-buf behind `fd` (a kernel peek: no reference is kept). */
+  dmabuf(fd: number): DmaBuf {
+    const d = must(dmaBufGet(this.proc, fd), `dma_buf_get(${fd})`);
+    dmaBufPut(d);
+    return d;
+  }
+
+  /** The verbs context opened on `fd`. */
+  ibv(fd: number): IbvContext {
+    const c = this.#ibv.get(fd);
+    if (!c) throw new ErrnoError("EBADF", `fd ${fd} is not an open uverbs device`, "ibv");
+    return c;
+  }
+
+  /** HL_MEM_OP_UNMAP of a device VA. */
+  accelUnmap(fd: number, va: bigint): void {
+    this.#accel(fd);
+    must(
+      hlMemIoctl(this.proc, fd, { op: HL_MEM_OP_UNMAP, device_virt_addr: va }),
+      "HL_MEM_OP_UNMAP",
+    );
+  }
+
+  /** The accelerator an fd was opened on. */
+  accelOf(fd: number): AccelDevice {
+    return this.#accel(fd);
+  }
+
+  #accel(fd: number): AccelDevice {
+    if (!this.proc.peek(fd))
+      throw new ErrnoError("EBADF", `fd ${fd} is not open in ${this.name}`, "ioctl");
+    const a = this.#accelFds.get(fd);
+    if (!a) throw new ErrnoError("ENOTTY", `fd ${fd} is not an accelerator device`, "ioctl");
+    return a;
+  }
+
+  leaks(): readonly Leak[] {
+    return this.proc.leaks();
+  }
+}
