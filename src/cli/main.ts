@@ -258,7 +258,9 @@ export function buildProgram(): Command {
 
   program
     .command("demo")
-    .description("the bundled flagship machine: its tree and P2P matrix (what `npm start` runs)")
+    .description(
+      "the bundled flagship server: its tree, its P2P matrix, and a remote peer RDMA-writing into accelerator memory (what `npm start` runs)",
+    )
     .option("--no-color", "no colours")
     .action(async (o: { color?: boolean }) => {
       const path = fileURLToPath(new URL("../../examples/machines/flagship.yaml", import.meta.url));
@@ -278,7 +280,18 @@ export function buildProgram(): Command {
       const fns = matrixFunctions(ctx.machine, [...INTERESTING]);
       const names = new Map(fns.map((f) => [f.name, ctx.nameOf(f)]));
       writeOut(renderMatrix(computeMatrix(ctx.view, fns), "kernel", c, names));
-      writeOut(c.dim("\nTry: peerbuf explain accel0 nic0 --input examples/machines/flagship.yaml"));
+      // the story: accel0 exports HBM, mlx5_0 registers it, a remote peer RDMA-writes into it
+      const sc = fileURLToPath(new URL("../../examples/scenarios/flagship.yaml", import.meta.url));
+      writeOut(c.bold("\nThe flagship scenario: peerbuf run examples/scenarios/flagship.yaml\n"));
+      const l = await loadScenario(sc);
+      const r = run(l);
+      writeOut(renderRun(r, l.labels, c));
+      writeOut(
+        c.dim(
+          "\nTry: peerbuf explain accel0 nic0 --input examples/machines/flagship.yaml\n     peerbuf run examples/scenarios/*.yaml",
+        ),
+      );
+      process.exitCode = r.passed ? EXIT.OK : EXIT.NEGATIVE;
     });
   return program;
 }

@@ -156,7 +156,7 @@ class Runner {
 
   get<K extends Binding["kind"]>(name: string, kind: K): Extract<Binding, { kind: K }> {
     const b = this.names.get(name);
-    if (!b) throw new Error(`"${name}" is not bound`);
+    if (!b) throw new SimUsageError(`"${name}" is not bound: the step that binds it failed`);
     if (b.kind !== kind)
       throw new SimUsageError(`"${name}" is ${article(b.kind)}, this step needs ${article(kind)}`);
     return b as Extract<Binding, { kind: K }>;
@@ -220,7 +220,8 @@ class Runner {
         const mem = this.get(s.mem, "mem");
         const flags = s.flags?.reduce((f, n) => f | OFLAGS[n]!, 0);
         const fd = b.p.accelExport(b.fd, {
-          addr: mem.va,
+          // the v3 uAPI exported an allocation by its handle; the merged one by device VA
+          addr: mem.accel.generation === "v3" ? mem.handle : mem.va,
           size: s.size ?? mem.size,
           ...(s.offset !== undefined ? { offset: s.offset } : {}),
           ...(flags !== undefined ? { flags } : {}),
@@ -383,7 +384,7 @@ class Runner {
   /** The bytes behind a name: a host MR's buffer, a dma-buf MR's or fd's backing, accel memory. */
   read(name: string, offset: bigint, length: bigint | undefined): Uint8Array {
     const b = this.names.get(name);
-    if (!b) throw new Error(`"${name}" is not bound`);
+    if (!b) throw new SimUsageError(`"${name}" is not bound: the step that binds it failed`);
     const want = (size: bigint) => {
       const n = length ?? size - offset;
       if (offset + n > size || n > BigInt(MAX_CHECK_BYTES))
