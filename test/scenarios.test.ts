@@ -66,6 +66,19 @@ describe("examples/scenarios", () => {
     });
 });
 
+describe("README", () => {
+  it("the scenario example in the README runs and passes", async () => {
+    const readme = readFileSync(join(REPO, "README.md"), "utf8");
+    const m = /```yaml\n(schemaVersion: 1\n[\s\S]*?)```/.exec(readme);
+    assert.ok(m, "the README has a scenario example");
+    // the example names its machine relative to examples/scenarios/
+    const f = scenarioFile("readme.yaml", m[1]!.replace("../machines/accel-box.yaml", BOX));
+    const l = await loadScenario(f);
+    const r = runScenario(l.scenario, l.descs);
+    assert.equal(r.passed, true, r.steps.flatMap((s) => s.failures).join("; "));
+  });
+});
+
 describe("the runner checks what it is told", () => {
   it("a map that is refused fails a step that expects success, and passes one that expects EPERM", async () => {
     const base = `${head("{ input: BOX, kernel: mainline, iommu: dma }")}  - { do: import, process: t, device: mlx5_0, fd: buf, as: imp }\n`;
