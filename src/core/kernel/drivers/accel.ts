@@ -1148,11 +1148,15 @@ export class AccelDevice implements LeakSource {
   }
 
   #traceUnmap(a: DmaBufAttachment, sgt: SgTable): void {
-    this.sys.trace.emit("accel:unmap", `${this.name}: unmapped the table of ${a.dev.name} (${sgt.nents} segment(s))`, {
-      device: a.dev.fn.name,
-      mode: this.generation === "v3" ? "v3" : this.mapMode,
-      nents: sgt.nents,
-    });
+    this.sys.trace.emit(
+      "accel:unmap",
+      `${this.name}: unmapped the table of ${a.dev.name} (${sgt.nents} segment(s))`,
+      {
+        device: a.dev.fn.name,
+        mode: this.generation === "v3" ? "v3" : this.mapMode,
+        nents: sgt.nents,
+      },
+    );
   }
 
   #mapResource(runs: Run[], dev: DmaDevice, dir: DmaDirection): DbResult<SgTable> {
