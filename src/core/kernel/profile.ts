@@ -63,6 +63,53 @@ export interface KernelProfile {
   };
   /** The dma-buf core (drivers/dma-buf/dma-buf.c); spec dma-buf.md §2, §3.3, §7. */
   readonly dmaBuf: DmaBufProfile;
+  /**
+   * vfio-pci's dma-buf export of BAR ranges (drivers/vfio/pci/vfio_pci_dmabuf.c, v6.19+); null
+   * where the kernel has none (VFIO_DEVICE_FEATURE_DMA_BUF is an unknown feature: -ENOTTY).
+   */
+  readonly vfioDmaBuf: VfioDmaBufProfile | null;
+  /** udmabuf (drivers/dma-buf/udmabuf.c): memfd pages turned into a dma-buf. */
+  readonly udmabuf: UdmabufProfile;
+}
+
+/** What differs in vfio-pci's dma-buf exporter. */
+export interface VfioDmaBufProfile {
+  /**
+   * `dma_buf_ops.pin` exists and returns -EOPNOTSUPP ("vfio: Prevent from pinned DMABUF importers
+   * to attach to VFIO DMABUF", 61ceaf236115, v6.19-rc8): importers that pin (dma_buf_pin, or
+   * pin-on-map) are refused, and the exporter counts as dynamic. false: v6.19 before the fix, a
+   * static exporter that pinned importers could use and then keep using after a revoke.
+   */
+  readonly pinRefused: boolean;
+}
+
+/** What differs in udmabuf between 6.1 and mainline. */
+export interface UdmabufProfile {
+  /**
+   * How `get_sg_table()` builds a table: `from-pages` (6.1: sg_alloc_table_from_pages, physically
+   * contiguous pages merged into one entry) or `page-per-entry` (mainline: sg_alloc_table of
+   * pagecount entries, one sg_set_folio of PAGE_SIZE each).
+   */
+  readonly sgTable: "from-pages" | "page-per-entry";
+  /** `dma_map_sgtable()` with DMA_ATTR_SKIP_CPU_SYNC (6.1) or no attributes (mainline). */
+  readonly mapSkipCpuSync: boolean;
+  /**
+   * begin_cpu_access syncs for the CPU also right after it created its table (6.1), or only on
+   * later calls (mainline: create, else sync).
+   */
+  readonly beginSyncsNewTable: boolean;
+  /**
+   * The direction release unmaps the CPU-access table with: the one of the begin_cpu_access that
+   * created it (6.1 `ubuf->sg_dir`) or always DMA_BIDIRECTIONAL (mainline).
+   */
+  readonly releaseDir: "creating-begin" | "bidirectional";
+  /**
+   * How the memfd pages are held: a page reference from shmem_read_mapping_page (6.1) or a
+   * FOLL_PIN pin from memfd_pin_folios (mainline; the model counts it as one reference).
+   */
+  readonly pageHold: "get-page" | "pin-folios";
+  /** `vmap`/`vunmap` ops exist (mainline; 6.1 has none: dma_buf_vmap is -EINVAL). */
+  readonly vmap: boolean;
 }
 
 /** What differs in the dma-buf core between kernel versions. */
@@ -184,6 +231,15 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
       debugSgt: "xor-page-link",
       vmapLock: "dmabuf-mutex",
     },
+    vfioDmaBuf: null,
+    udmabuf: {
+      sgTable: "from-pages",
+      mapSkipCpuSync: true,
+      beginSyncsNewTable: true,
+      releaseDir: "creating-begin",
+      pageHold: "get-page",
+      vmap: false,
+    },
   },
   mainline: {
     id: "mainline",
@@ -215,6 +271,15 @@ export const PROFILES: Readonly<Record<KernelProfile["id"], KernelProfile>> = {
       warnOnPinBusy: true,
       debugSgt: "null-page-copy",
       vmapLock: "resv",
+    },
+    vfioDmaBuf: { pinRefused: true },
+    udmabuf: {
+      sgTable: "page-per-entry",
+      mapSkipCpuSync: false,
+      beginSyncsNewTable: false,
+      releaseDir: "bidirectional",
+      pageHold: "pin-folios",
+      vmap: true,
     },
   },
 };

@@ -94,7 +94,15 @@ type Binding =
       readonly mr: IbvMr;
       readonly dmabuf?: DmaBuf;
     }
-  | { readonly kind: "qp"; readonly m: SimMachine; readonly qp: IbvQp };
+  | { readonly kind: "qp"; readonly m: SimMachine; readonly qp: IbvQp }
+  | {
+      readonly kind: "bo";
+      readonly m: SimMachine;
+      readonly p: SimProcess;
+      readonly fd: number;
+      readonly handle: number;
+      readonly size: bigint;
+    };
 
 const ACCESS: Record<string, number> = {
   LOCAL_WRITE: IBV_ACCESS_LOCAL_WRITE,
@@ -367,6 +375,29 @@ class Runner {
           ? { summary: `${n} bytes equal`, equal: true }
           : { summary: `differ at byte ${diff}`, equal: false };
       }
+      case "gpu-alloc": {
+        const b = this.get(s.fd, "fd");
+        const handle = b.p.gpuCreateBo(b.fd, s.size, s.domain);
+        this.bind(s, { kind: "bo", m: b.m, p: b.p, fd: b.fd, handle, size: s.size });
+        const bo = b.p.gpuFile(b.fd).bo(handle);
+        return { summary: `GEM handle ${handle}${bo ? `, placed in ${bo.placement}` : ""}` };
+      }
+      case "gpu-export": {
+        const b = this.get(s.fd, "fd");
+        const bo = this.get(s.bo, "bo");
+        const fd = b.p.gpuExport(b.fd, bo.handle);
+        this.bind(s, { kind: "fd", m: b.m, p: b.p, fd });
+        return { summary: `dma-buf fd ${fd}` };
+      }
+      case "gpu-evict": {
+        const gpu =
+          s.device !== undefined
+            ? [...m.gpus.values()].find((g) => g.fn === m.fn(s.device!))
+            : [...m.gpus.values()][0];
+        if (!gpu) throw new SimUsageError(`${m.name}: no GPU${s.device ? ` "${s.device}"` : ""}`);
+        const bo = must(gpu.evictFirst(), "ttm_bo_evict_first");
+        return { summary: `evicted ${bo.describe()} to ${bo.placement}` };
+      }
       case "evict": {
         const b = this.get(s.fd, "fd");
         const d = b.p.dmabuf(b.fd);
@@ -399,6 +430,7 @@ class Runner {
       return readDmabuf(b.m, d, offset, want(d.size));
     }
     if (b.kind === "mem") return readAccel(b.m, b.accel, b.handle, offset, want(b.size));
+    if (b.kind === "bo") return b.p.gpuFile(b.fd).cpuRead(b.handle, offset, Number(want(b.size)));
     throw new SimUsageError(`"${name}" holds no bytes (it is ${article(b.kind)})`);
   }
 }
@@ -411,6 +443,7 @@ function article(kind: Binding["kind"]): string {
     ctx: "a verbs context",
     mr: "a memory region",
     qp: "a queue pair",
+    bo: "a GPU buffer object",
   };
   return n[kind];
 }
@@ -476,6 +509,10 @@ function readDmabuf(m: SimMachine, d: DmaBuf, offset: bigint, length: bigint): U
   if (d.priv instanceof SysmemExporter) {
     const pages = d.priv.pages.map((p) => System.phys(p) as bigint);
     return readPages(m.sys, pages, 4096n, (a) => a, offset, length);
+  }
+  for (const g of m.gpus.values()) {
+    const bo = g.boOf(d);
+    if (bo) return g.cpuRead(bo, offset, Number(length));
   }
   const hl = d.priv as HlDmabufPriv;
   if (hl?.phys_pg_pack) {

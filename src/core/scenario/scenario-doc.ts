@@ -197,6 +197,20 @@ const stepSchema = z.discriminatedUnion("do", [
     ...base,
   }),
   z.strictObject({ do: z.literal("evict"), fd: name, ...base }),
+  z.strictObject({
+    do: z.literal("gpu-alloc"),
+    fd: name,
+    size,
+    domain: z.enum(["vram", "gtt"]).default("vram"),
+    ...base,
+  }),
+  z.strictObject({ do: z.literal("gpu-export"), fd: name, bo: name, ...base }),
+  z.strictObject({
+    do: z.literal("gpu-evict"),
+    /** The GPU (renderD128, a BDF); default the machine's first GPU. */
+    device: z.string().optional(),
+    ...base,
+  }),
 ]);
 
 export type ScenarioStep = z.output<typeof stepSchema> & { readonly line?: number };
@@ -309,7 +323,7 @@ export function parseScenario(file: string, text: string): Scenario {
   const withLines: ScenarioStep[] = doc.steps.map((s, i) => {
     const l = loc(["steps", i], "");
     const refs: [string, string][] = [];
-    for (const k of ["fd", "mem", "import", "ctx", "mr", "qp", "a", "b", "local", "remote"])
+    for (const k of ["fd", "mem", "bo", "import", "ctx", "mr", "qp", "a", "b", "local", "remote"])
       if (k in s) refs.push([k, (s as unknown as Record<string, string>)[k]!]);
     for (const [k, v] of refs)
       if (!bound.has(v))

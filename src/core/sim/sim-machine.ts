@@ -12,7 +12,8 @@
  *
  * Calls that fail in the kernel throw `ErrnoError` (errno name, the kernel's reason); nothing else
  * throws for a "no" answer. Drivers are bound by what a function is (its driver, else its class):
- * habanalabs-style accelerators appear as /dev/accel/accelN, RDMA NICs as /dev/infiniband/uverbsN.
+ * habanalabs-style accelerators appear as /dev/accel/accelN, amdgpu-style GPUs as /dev/dri/renderDN,
+ * RDMA NICs as /dev/infiniband/uverbsN.
  */
 
 import { explainPair } from "../analysis/p2p.ts";
@@ -41,6 +42,13 @@ import {
   HL_MEM_OP_UNMAP,
   hlMemIoctl,
 } from "../kernel/drivers/accel.ts";
+import {
+  AMDGPU_GEM_DOMAIN_GTT,
+  AMDGPU_GEM_DOMAIN_VRAM,
+  GpuDevice,
+  type GpuFile,
+  type GpuOptions,
+} from "../kernel/drivers/gpu.ts";
 import { type IbvContext, RdmaDevice, type RdmaOptions } from "../kernel/drivers/rdma.ts";
 import { type Leak, type LeakSource, leakReport } from "../kernel/leaks.ts";
 import type { PciViewOptions } from "../kernel/pci/pci-view.ts";
@@ -88,6 +96,8 @@ export interface SimMachineOptions extends Omit<PciViewOptions, "profile"> {
   readonly accel?: AccelOptions;
   /** How the RDMA driver registers dma-buf MRs (every NIC of the machine). */
   readonly rdma?: RdmaOptions;
+  /** VRAM/GTT sizes of every GPU of the machine. */
+  readonly gpu?: GpuOptions;
   /** Share a tracer (two machines in one scenario); default a new, enabled one. */
   readonly tracer?: Tracer;
 }
@@ -99,6 +109,13 @@ const CLASS_NET_INFINIBAND = 0x0207;
 const isAccel = (fn: PciFunction): boolean =>
   fn.desc.driver === "habanalabs" ||
   (fn.desc.driver == null && (fn.desc.classCode ?? 0) >> 16 === CLASS_ACCEL);
+const CLASS_DISPLAY = 0x03;
+const VENDOR_AMD_ATI = 0x1002;
+const isGpu = (fn: PciFunction): boolean =>
+  fn.desc.driver === "amdgpu" ||
+  (fn.desc.driver == null &&
+    fn.desc.vendor === VENDOR_AMD_ATI &&
+    (fn.desc.classCode ?? 0) >> 16 === CLASS_DISPLAY);
 const isRdma = (fn: PciFunction): boolean =>
   fn.desc.driver === "mlx5_core" ||
   fn.desc.driver === "irdma" ||
@@ -115,6 +132,8 @@ export class SimMachine implements LeakSource {
   readonly accels = new Map<string, AccelDevice>();
   /** RDMA devices by ibv name (mlx5_0, ...). */
   readonly nics = new Map<string, RdmaDevice>();
+  /** amdgpu-style GPUs by render node name (renderD128, ...). */
+  readonly gpus = new Map<string, GpuDevice>();
   readonly #procs = new Map<string, SimProcess>();
   readonly #importers: KernelImporter[] = [];
   readonly #heaps: SysmemExporter[] = [];
@@ -131,7 +150,7 @@ export class SimMachine implements LeakSource {
       throw new SimUsageError(
         `unknown kernel profile "${opts.kernel}" (known: ${Object.keys(PROFILES).join(", ")})`,
       );
-    const { name: _n, kernel: _k, accel: _a, rdma: _r, tracer: _t, ...pci } = opts;
+    const { name: _n, kernel: _k, accel: _a, rdma: _r, gpu: _g, tracer: _t, ...pci } = opts;
     this.sys = new System(desc, {
       ...pci,
       profile: profile.id,
@@ -151,6 +170,10 @@ export class SimMachine implements LeakSource {
       const node = fn.desc.osDevices?.find((d) => /^accel\d+$/.test(d)) ?? `accel${i}`;
       this.accels.set(node, this.#bindAccel(fn, node));
     });
+    for (const fn of this.sys.machine.functions.filter(isGpu)) {
+      const g = new GpuDevice(this.sys, this.core, fn.name, opts.gpu ?? {});
+      this.gpus.set(g.devicePath.slice("/dev/dri/".length), g);
+    }
     nics.forEach((fn, i) => {
       const node = fn.desc.osDevices?.find((d) => /^\w+_\d+$/.test(d)) ?? `rdma${i}`;
       this.nics.set(
@@ -166,14 +189,16 @@ export class SimMachine implements LeakSource {
 
   /** A function by BDF (`0000:18:00.0`, `18:00.0`) or by node name (`accel0`, `mlx5_0`). */
   fn(name: string): PciFunction {
-    const a = this.accels.get(name) ?? this.nics.get(name);
-    if (a) return "fn" in a ? a.fn : this.sys.machine.byBdf(a.dev.fn.name)!;
+    const a = this.accels.get(name) ?? this.gpus.get(name);
+    if (a) return a.fn;
+    const n = this.nics.get(name);
+    if (n) return n.dev.fn;
     const full = /^[0-9a-f]{4}:/i.test(name) ? name : `0000:${name}`;
     const f =
       this.sys.machine.byBdf(full.toLowerCase()) ??
       this.sys.machine.functions.find((x) => x.desc.osDevices?.includes(name));
     if (!f) {
-      const known = [...this.accels.keys(), ...this.nics.keys()].join(", ");
+      const known = [...this.accels.keys(), ...this.gpus.keys(), ...this.nics.keys()].join(", ");
       throw new SimUsageError(
         `${this.name}: no device "${name}" (bound devices: ${known || "none"})`,
       );
@@ -202,10 +227,12 @@ export class SimMachine implements LeakSource {
     return imp;
   }
 
-  /** A device file path to its driver: /dev/accel/accelN, /dev/infiniband/uverbsN. */
-  deviceNode(path: string): AccelDevice | RdmaDevice | undefined {
+  /** A device file path to its driver: /dev/accel/accelN, /dev/dri/renderDN, /dev/infiniband/uverbsN. */
+  deviceNode(path: string): AccelDevice | RdmaDevice | GpuDevice | undefined {
     const a = /^\/dev\/accel\/(accel\d+)$/.exec(path);
     if (a) return this.accels.get(a[1]!);
+    const g = /^\/dev\/dri\/(renderD\d+)$/.exec(path);
+    if (g) return this.gpus.get(g[1]!);
     const u = /^\/dev\/infiniband\/uverbs(\d+)$/.exec(path);
     if (u) return [...this.nics.values()][Number(u[1])];
     return undefined;
@@ -255,7 +282,12 @@ export class SimMachine implements LeakSource {
 
   /** Everything the machine still holds: System, core, drivers, processes, importers. */
   leaks(): Leak[] {
-    const sources: LeakSource[] = [this.sys, this.core, ...this.accels.values()];
+    const sources: LeakSource[] = [
+      this.sys,
+      this.core,
+      ...this.accels.values(),
+      ...this.gpus.values(),
+    ];
     sources.push(...this.nics.values(), ...this.#importers, ...this.#heaps, ...this.processes);
     return leakReport(sources);
   }
@@ -282,6 +314,7 @@ export class SimProcess implements LeakSource {
   readonly proc: Process;
   readonly #ibv = new Map<number, IbvContext>();
   readonly #accelFds = new Map<number, AccelDevice>();
+  readonly #gpuFiles = new Map<number, GpuFile>();
 
   constructor(machine: SimMachine, name: string) {
     this.machine = machine;
@@ -300,6 +333,11 @@ export class SimProcess implements LeakSource {
   open(path: string): number {
     const drv = this.machine.deviceNode(path);
     if (!drv) throw new ErrnoError("ENOENT", `no such device node on ${this.machine.name}`, path);
+    if (drv instanceof GpuDevice) {
+      const f = must(drv.open(this.proc), `open(${path})`);
+      this.#gpuFiles.set(f.fd, f);
+      return f.fd;
+    }
     if (drv instanceof RdmaDevice) {
       const ctx = must(drv.open(this.proc), `open(${path})`);
       this.#ibv.set(ctx.fd, ctx);
@@ -314,6 +352,7 @@ export class SimProcess implements LeakSource {
     must(sysClose(this.proc, fd), `close(${fd})`);
     this.#ibv.delete(fd);
     this.#accelFds.delete(fd);
+    this.#gpuFiles.delete(fd);
   }
 
   dup(fd: number): number {
@@ -329,6 +368,7 @@ export class SimProcess implements LeakSource {
     sysExit(this.proc);
     this.#ibv.clear();
     this.#accelFds.clear();
+    this.#gpuFiles.clear();
   }
 
   /** HL_MEM_OP_ALLOC then HL_MEM_OP_MAP through the accelerator fd. */
@@ -361,6 +401,27 @@ export class SimProcess implements LeakSource {
     const d = this.dmabuf(out.fd);
     this.machine.noteProvider(d, dev.fn);
     return out.fd;
+  }
+
+  /** DRM_IOCTL_AMDGPU_GEM_CREATE on a render node fd: the GEM handle. */
+  gpuCreateBo(fd: number, size: bigint, domain: "vram" | "gtt"): number {
+    const d = domain === "vram" ? AMDGPU_GEM_DOMAIN_VRAM : AMDGPU_GEM_DOMAIN_GTT;
+    return must(this.gpuFile(fd).createBo(size, d), "AMDGPU_GEM_CREATE");
+  }
+
+  /** DRM_IOCTL_PRIME_HANDLE_TO_FD: the dma-buf fd. */
+  gpuExport(fd: number, handle: number): number {
+    const f = this.gpuFile(fd);
+    const out = must(f.exportFd(handle), "PRIME_HANDLE_TO_FD");
+    this.machine.noteProvider(this.dmabuf(out), f.gpu.fn);
+    return out;
+  }
+
+  /** The open render node behind `fd`. */
+  gpuFile(fd: number): GpuFile {
+    const f = this.#gpuFiles.get(fd);
+    if (!f) throw new ErrnoError("ENOTTY", `fd ${fd} is not an open GPU render node`, "ioctl");
+    return f;
   }
 
   /** A system-memory dma-buf (DMA_HEAP_IOCTL_ALLOC on /dev/dma_heap/system). */

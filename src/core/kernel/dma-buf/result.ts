@@ -17,6 +17,8 @@ export const EXTRA_ERRNO = {
   EMFILE: 24,
   ESPIPE: 29,
   EOVERFLOW: 75,
+  /** File descriptor in bad state (udmabuf: the memfd is not a shmem/hugetlbfs file). */
+  EBADFD: 77,
   ERESTARTSYS: 512,
 } as const;
 
