@@ -389,6 +389,17 @@ class Runner {
         this.bind(s, { kind: "fd", m: b.m, p: b.p, fd });
         return { summary: `dma-buf fd ${fd}` };
       }
+      case "vfio-export": {
+        const b = this.get(s.fd, "fd");
+        const fd = b.p.vfioExport(b.fd, s.bar, s.offset ?? 0n, s.length);
+        this.bind(s, { kind: "fd", m: b.m, p: b.p, fd });
+        return { summary: `dma-buf fd ${fd} over BAR${s.bar}` };
+      }
+      case "vfio-memory": {
+        const b = this.get(s.fd, "fd");
+        b.p.vfioMemory(b.fd, s.enable);
+        return { summary: `memory decode ${s.enable ? "on" : "off"}` };
+      }
       case "gpu-evict": {
         const gpu =
           s.device !== undefined
@@ -513,6 +524,23 @@ function readDmabuf(m: SimMachine, d: DmaBuf, offset: bigint, length: bigint): U
   for (const g of m.gpus.values()) {
     const bo = g.boOf(d);
     if (bo) return g.cpuRead(bo, offset, Number(length));
+  }
+  const vf = d.priv as { phys_vec?: readonly { paddr: bigint; len: bigint }[] } | null;
+  if (vf?.phys_vec) {
+    // vfio: the BAR ranges, back to back, read by CPU physical address
+    const out = new Uint8Array(Number(length));
+    let pos = 0n;
+    let done = 0n;
+    for (const r of vf.phys_vec) {
+      const from = offset + done;
+      if (from < pos + r.len && done < length) {
+        const n = minBig(pos + r.len - from, length - done);
+        out.set(m.sys.memory.read((r.paddr + (from - pos)) as never, Number(n)), Number(done));
+        done += n;
+      }
+      pos += r.len;
+    }
+    return out;
   }
   const hl = d.priv as HlDmabufPriv;
   if (hl?.phys_pg_pack) {

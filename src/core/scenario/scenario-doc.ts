@@ -206,6 +206,21 @@ const stepSchema = z.discriminatedUnion("do", [
   }),
   z.strictObject({ do: z.literal("gpu-export"), fd: name, bo: name, ...base }),
   z.strictObject({
+    do: z.literal("vfio-export"),
+    fd: name,
+    bar: z.number().int().min(0).max(7),
+    offset: size.optional(),
+    length: size,
+    ...base,
+  }),
+  z.strictObject({
+    do: z.literal("vfio-memory"),
+    fd: name,
+    /** PCI_COMMAND memory decode: false revokes the device's dma-bufs, true restores them. */
+    enable: z.boolean(),
+    ...base,
+  }),
+  z.strictObject({
     do: z.literal("gpu-evict"),
     /** The GPU (renderD128, a BDF); default the machine's first GPU. */
     device: z.string().optional(),

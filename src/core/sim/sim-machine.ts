@@ -13,7 +13,7 @@
  * Calls that fail in the kernel throw `ErrnoError` (errno name, the kernel's reason); nothing else
  * throws for a "no" answer. Drivers are bound by what a function is (its driver, else its class):
  * habanalabs-style accelerators appear as /dev/accel/accelN, amdgpu-style GPUs as /dev/dri/renderDN,
- * RDMA NICs as /dev/infiniband/uverbsN.
+ * functions bound to vfio-pci as /dev/vfio/devices/vfioN, RDMA NICs as /dev/infiniband/uverbsN.
  */
 
 import { explainPair } from "../analysis/p2p.ts";
@@ -50,6 +50,12 @@ import {
   type GpuOptions,
 } from "../kernel/drivers/gpu.ts";
 import { type IbvContext, RdmaDevice, type RdmaOptions } from "../kernel/drivers/rdma.ts";
+import {
+  PCI_COMMAND,
+  PCI_COMMAND_MEMORY,
+  VfioPciDevice,
+  vfioDeviceFeatureDmaBuf,
+} from "../kernel/drivers/vfio.ts";
 import { type Leak, type LeakSource, leakReport } from "../kernel/leaks.ts";
 import type { PciViewOptions } from "../kernel/pci/pci-view.ts";
 import { PROFILES } from "../kernel/profile.ts";
@@ -134,6 +140,8 @@ export class SimMachine implements LeakSource {
   readonly nics = new Map<string, RdmaDevice>();
   /** amdgpu-style GPUs by render node name (renderD128, ...). */
   readonly gpus = new Map<string, GpuDevice>();
+  /** Functions bound to vfio-pci, by cdev name (vfio0, ...). */
+  readonly vfio = new Map<string, VfioPciDevice>();
   readonly #procs = new Map<string, SimProcess>();
   readonly #importers: KernelImporter[] = [];
   readonly #heaps: SysmemExporter[] = [];
@@ -174,6 +182,11 @@ export class SimMachine implements LeakSource {
       const g = new GpuDevice(this.sys, this.core, fn.name, opts.gpu ?? {});
       this.gpus.set(g.devicePath.slice("/dev/dri/".length), g);
     }
+    this.sys.machine.functions
+      .filter((fn) => fn.desc.driver === "vfio-pci")
+      .forEach((fn, i) => {
+        this.vfio.set(`vfio${i}`, new VfioPciDevice(this.sys, this.core, fn.name));
+      });
     nics.forEach((fn, i) => {
       const node = fn.desc.osDevices?.find((d) => /^\w+_\d+$/.test(d)) ?? `rdma${i}`;
       this.nics.set(
@@ -189,7 +202,7 @@ export class SimMachine implements LeakSource {
 
   /** A function by BDF (`0000:18:00.0`, `18:00.0`) or by node name (`accel0`, `mlx5_0`). */
   fn(name: string): PciFunction {
-    const a = this.accels.get(name) ?? this.gpus.get(name);
+    const a = this.accels.get(name) ?? this.gpus.get(name) ?? this.vfio.get(name);
     if (a) return a.fn;
     const n = this.nics.get(name);
     if (n) return n.dev.fn;
@@ -228,7 +241,9 @@ export class SimMachine implements LeakSource {
   }
 
   /** A device file path to its driver: /dev/accel/accelN, /dev/dri/renderDN, /dev/infiniband/uverbsN. */
-  deviceNode(path: string): AccelDevice | RdmaDevice | GpuDevice | undefined {
+  deviceNode(path: string): AccelDevice | RdmaDevice | GpuDevice | VfioPciDevice | undefined {
+    const v = /^\/dev\/vfio\/devices\/(vfio\d+)$/.exec(path);
+    if (v) return this.vfio.get(v[1]!);
     const a = /^\/dev\/accel\/(accel\d+)$/.exec(path);
     if (a) return this.accels.get(a[1]!);
     const g = /^\/dev\/dri\/(renderD\d+)$/.exec(path);
@@ -315,6 +330,7 @@ export class SimProcess implements LeakSource {
   readonly #ibv = new Map<number, IbvContext>();
   readonly #accelFds = new Map<number, AccelDevice>();
   readonly #gpuFiles = new Map<number, GpuFile>();
+  readonly #vfioFds = new Map<number, VfioPciDevice>();
 
   constructor(machine: SimMachine, name: string) {
     this.machine = machine;
@@ -344,7 +360,8 @@ export class SimProcess implements LeakSource {
       return ctx.fd;
     }
     const fd = must(drv.open(this.proc), `open(${path})`);
-    this.#accelFds.set(fd, drv);
+    if (drv instanceof VfioPciDevice) this.#vfioFds.set(fd, drv);
+    else this.#accelFds.set(fd, drv);
     return fd;
   }
 
@@ -353,6 +370,7 @@ export class SimProcess implements LeakSource {
     this.#ibv.delete(fd);
     this.#accelFds.delete(fd);
     this.#gpuFiles.delete(fd);
+    this.#vfioFds.delete(fd);
   }
 
   dup(fd: number): number {
@@ -369,6 +387,7 @@ export class SimProcess implements LeakSource {
     this.#ibv.clear();
     this.#accelFds.clear();
     this.#gpuFiles.clear();
+    this.#vfioFds.clear();
   }
 
   /** HL_MEM_OP_ALLOC then HL_MEM_OP_MAP through the accelerator fd. */
@@ -422,6 +441,36 @@ export class SimProcess implements LeakSource {
     const f = this.#gpuFiles.get(fd);
     if (!f) throw new ErrnoError("ENOTTY", `fd ${fd} is not an open GPU render node`, "ioctl");
     return f;
+  }
+
+  /** VFIO_DEVICE_FEATURE_DMA_BUF: one range of a BAR as a dma-buf; the dma-buf fd. */
+  vfioExport(fd: number, bar: number, offset: bigint, length: bigint): number {
+    const dev = this.#vfio(fd);
+    const out = must(
+      vfioDeviceFeatureDmaBuf(this.proc, fd, {
+        region_index: bar,
+        open_flags: O_RDWR | O_CLOEXEC,
+        flags: 0,
+        nr_ranges: 1,
+        dma_ranges: [{ offset, length }],
+      }),
+      "VFIO_DEVICE_FEATURE_DMA_BUF",
+    );
+    this.machine.noteProvider(this.dmabuf(out), dev.fn);
+    return out;
+  }
+
+  /** Writes PCI_COMMAND through the vfio config region: memory decode on or off. */
+  vfioMemory(fd: number, enable: boolean): void {
+    const dev = this.#vfio(fd);
+    const cmd = enable ? dev.command | PCI_COMMAND_MEMORY : dev.command & ~PCI_COMMAND_MEMORY;
+    must(dev.configWrite(this.proc, fd, PCI_COMMAND, cmd), "pwrite(PCI_COMMAND)");
+  }
+
+  #vfio(fd: number): VfioPciDevice {
+    const d = this.#vfioFds.get(fd);
+    if (!d) throw new ErrnoError("ENOTTY", `fd ${fd} is not an open vfio device`, "ioctl");
+    return d;
   }
 
   /** A system-memory dma-buf (DMA_HEAP_IOCTL_ALLOC on /dev/dma_heap/system). */
