@@ -163,6 +163,7 @@ export function buildProgram(): Command {
       for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
     });
 
+
   common(program.command("explain"))
     .description(
       "why the kernel allows or refuses P2P from provider A's memory to client B, hop by hop, and what to change",
@@ -254,6 +255,18 @@ export function buildProgram(): Command {
           data: { scenarios: results },
         });
       process.exitCode = results.every((r) => r.passed) ? EXIT.OK : EXIT.NEGATIVE;
+    });
+
+  program
+    .command("serve")
+    .description(
+      "a local web page (127.0.0.1 only): the topology drawn, click two devices for the path and the verdict, what-ifs, scenarios",
+    )
+    .option("-i, --input <source...>", "the machine to open (any input tree/matrix read)")
+    .option("-p, --port <n>", "port on 127.0.0.1 (0: any free port)", "8380")
+    .action(async (o: { input?: string[]; port?: string }) => {
+      const { runServe } = await import("./commands/serve.ts");
+      await runServe(o);
     });
 
   program
