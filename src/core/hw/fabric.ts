@@ -94,8 +94,9 @@ export class Fabric {
     return this.#dma(requester, addr, data.length, true, data);
   }
 
-  dmaRead(requester: PciFunction, addr: bigint, length: number): DmaResult {
-    return this.#dma(requester, addr, length, false);
+  /** A read; the bytes land in `into` (at least `length` long) when given, else a new array. */
+  dmaRead(requester: PciFunction, addr: bigint, length: number, into?: Uint8Array): DmaResult {
+    return this.#dma(requester, addr, length, false, into);
   }
 
   #fault(
@@ -188,6 +189,7 @@ export class Fabric {
     addr: bigint,
     length: number,
     write: boolean,
+    /** Write: the bytes to write. Read: where to put them (optional). */
     data?: Uint8Array,
   ): DmaResult {
     const route = this.route(requester, addr, write);
@@ -205,13 +207,15 @@ export class Fabric {
         );
       this.#count(requester, route.via, "up", length);
       this.#count(route.target, route.via, "down", length);
-      if (write) this.memory.write(phys as PhysAddr, data!);
-      return {
-        ok: true,
-        route,
-        target: region,
-        ...(write ? {} : { data: this.memory.read(phys as PhysAddr, length) }),
-      };
+      if (write) {
+        this.memory.write(phys as PhysAddr, data!);
+        return { ok: true, route, target: region };
+      }
+      const buf = data ? data.subarray(0, length) : new Uint8Array(length);
+      if (phys + BigInt(length) <= BigInt(MAX_EXACT_ADDR))
+        this.memory.readAt(Number(phys), buf, 0, length);
+      else buf.set(this.memory.read(phys as PhysAddr, length));
+      return { ok: true, route, target: region, data: buf };
     }
     // up to the root complex: IOMMU translation of the whole request into physically contiguous
     // runs, every run checked against the memory map, and only then any byte moved
@@ -304,7 +308,7 @@ export class Fabric {
       );
     this.#count(requester, null, "up", length);
     if (bars) for (const [fn, n] of bars) this.#count(fn, null, "down", n);
-    const out = write ? undefined : new Uint8Array(length);
+    const out = write ? undefined : data ? data.subarray(0, length) : new Uint8Array(length);
     at = 0;
     for (let k = 0; k < (length > 0 ? nRuns : 0); k += 3) {
       const len = runs[k + 2]!;

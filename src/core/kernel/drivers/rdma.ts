@@ -1474,38 +1474,57 @@ export class IbvQp {
   }
 }
 
-/** DMA-reads `segs` through the device's fabric into one buffer, or the first fault. */
-function dmaReadSegs(
-  dev: RdmaDevice,
-  segs: readonly DmaSeg[],
-  total: bigint,
-): Uint8Array | DmaFault {
-  const out = new Uint8Array(Number(total));
-  let at = 0;
-  for (const s of segs) {
-    const r = dev.sys.fabric.dmaRead(dev.dev.fn, s.dma, Number(s.len));
-    if (!r.ok) return r.fault;
-    out.set(r.data!, at);
-    at += Number(s.len);
-  }
-  return out;
-}
+/** Bytes a NIC moves per step: the message is streamed, as a NIC sends it packet by packet. */
+const STREAM_CHUNK = 1 << 22;
+let streamBuf = new Uint8Array(0);
 
 /**
- * DMA-writes `data` over `segs`. PCIe memory writes are posted: a write the IOMMU or the root
- * complex refuses is dropped (and logged there) while the NIC carries on, so every segment is
- * tried and the faults are returned for the trace, not turned into an error completion.
+ * Streams `total` bytes: the source NIC DMA-reads `srcSegs` and the destination NIC DMA-writes
+ * `dstSegs`, one chunk at a time through a reused buffer. A read fault stops the stream (what was
+ * already sent has landed: an RDMA WRITE is not atomic). Writes are posted: a write the IOMMU or
+ * the root complex refuses is dropped (and logged there) while the NIC carries on, so the faults
+ * are returned for the trace, not turned into an error completion.
  */
-function dmaWriteSegs(dev: RdmaDevice, segs: readonly DmaSeg[], data: Uint8Array): DmaFault[] {
-  let at = 0;
-  const faults: DmaFault[] = [];
-  for (const s of segs) {
-    const n = Number(s.len);
-    const r = dev.sys.deviceWrite(dev.dev, s.dma, data.subarray(at, at + n));
-    if (!r.ok) faults.push(r.fault);
-    at += n;
+function streamSegs(
+  src: RdmaDevice,
+  srcSegs: readonly DmaSeg[],
+  dst: RdmaDevice,
+  dstSegs: readonly DmaSeg[],
+  total: bigint,
+): { readFault: DmaFault | null; dropped: DmaFault[] } {
+  const dropped: DmaFault[] = [];
+  let si = 0;
+  let soff = 0n;
+  let di = 0;
+  let doff = 0n;
+  let left = total;
+  while (left > 0n) {
+    const s = srcSegs[si];
+    const d = dstSegs[di];
+    if (!s || !d) throw new KernelBug(`rdma: segments cover less than the ${total} bytes to move`);
+    let n = BigInt(STREAM_CHUNK);
+    if (s.len - soff < n) n = s.len - soff;
+    if (d.len - doff < n) n = d.len - doff;
+    if (left < n) n = left;
+    const len = Number(n);
+    if (streamBuf.length < len) streamBuf = new Uint8Array(STREAM_CHUNK);
+    const r = src.sys.fabric.dmaRead(src.dev.fn, s.dma + soff, len, streamBuf);
+    if (!r.ok) return { readFault: r.fault, dropped };
+    const w = dst.sys.deviceWrite(dst.dev, d.dma + doff, streamBuf.subarray(0, len));
+    if (!w.ok) dropped.push(w.fault);
+    soff += n;
+    doff += n;
+    left -= n;
+    if (soff === s.len) {
+      si++;
+      soff = 0n;
+    }
+    if (doff === d.len) {
+      di++;
+      doff = 0n;
+    }
   }
-  return faults;
+  return { readFault: null, dropped };
 }
 
 /** The trace of posted writes the fabric dropped; the completion still says success. */
@@ -1618,9 +1637,6 @@ function rdmaOp(qp: IbvQp, op: "write" | "read", wr: RdmaWr): WorkCompletion {
         "IBV_WC_LOC_PROT_ERR",
         `local page fault failed: ${ls.errno} ${ls.reason ?? ""}`.trim(),
       );
-    const d = dmaReadSegs(L, ls.value, len);
-    if (!(d instanceof Uint8Array))
-      return fail("IBV_WC_LOC_PROT_ERR", `local DMA read faulted: ${faultText(d)}`);
     const rs = R.resolve(rmr, wr.remoteAddr, len);
     if (!rs.ok)
       return fail(
@@ -1628,7 +1644,10 @@ function rdmaOp(qp: IbvQp, op: "write" | "read", wr: RdmaWr): WorkCompletion {
         `remote page fault failed: ${rs.errno} ${rs.reason ?? ""}`.trim(),
         true,
       );
-    dropped = traceDropped(R, dmaWriteSegs(R, rs.value, d));
+    const st = streamSegs(L, ls.value, R, rs.value, len);
+    if (st.readFault)
+      return fail("IBV_WC_LOC_PROT_ERR", `local DMA read faulted: ${faultText(st.readFault)}`);
+    dropped = traceDropped(R, st.dropped);
     srcSegs = ls.value;
     dstSegs = rs.value;
   } else {
@@ -1639,16 +1658,16 @@ function rdmaOp(qp: IbvQp, op: "write" | "read", wr: RdmaWr): WorkCompletion {
         `remote page fault failed: ${rs.errno} ${rs.reason ?? ""}`.trim(),
         true,
       );
-    const d = dmaReadSegs(R, rs.value, len);
-    if (!(d instanceof Uint8Array))
-      return fail("IBV_WC_REM_OP_ERR", `remote DMA read faulted: ${faultText(d)}`, true);
     const ls = L.resolve(lmr, wr.localAddr, len);
     if (!ls.ok)
       return fail(
         "IBV_WC_LOC_PROT_ERR",
         `local page fault failed: ${ls.errno} ${ls.reason ?? ""}`.trim(),
       );
-    dropped = traceDropped(L, dmaWriteSegs(L, ls.value, d));
+    const st = streamSegs(R, rs.value, L, ls.value, len);
+    if (st.readFault)
+      return fail("IBV_WC_REM_OP_ERR", `remote DMA read faulted: ${faultText(st.readFault)}`, true);
+    dropped = traceDropped(L, st.dropped);
     srcSegs = rs.value;
     dstSegs = ls.value;
   }
