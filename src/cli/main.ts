@@ -163,7 +163,6 @@ export function buildProgram(): Command {
       for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
     });
 
-
   common(program.command("explain"))
     .description(
       "why the kernel allows or refuses P2P from provider A's memory to client B, hop by hop, and what to change",
