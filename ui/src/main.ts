@@ -146,7 +146,16 @@ class App {
     );
     this.scenarioSelect.addEventListener("change", () => void this.openScenario());
     this.scenarioPane.append(
-      h("div", { class: "sc-pick" }, h("label", {}, "scenario ", this.scenarioSelect)),
+      h(
+        "div",
+        { class: "sc-pick" },
+        h("label", {}, "scenario ", this.scenarioSelect),
+        h(
+          "span",
+          { class: "dim" },
+          " runs in this page: step through its kernel trace; the buffer's path is drawn on the topology (flagship.yaml is what npm start shows)",
+        ),
+      ),
       this.scenario.el,
     );
     clear(root);

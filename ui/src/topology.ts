@@ -16,6 +16,9 @@ import { clear, h, s } from "./dom.ts";
 import { layout, TREE_LAYOUT } from "./layout.ts";
 import { type Loaded, PORT, shortLink } from "./model.ts";
 
+/** Below this zoom the labels cannot be read: a wider tree is panned instead. */
+const MIN_READABLE_SCALE = 0.45;
+
 const NODE_W = 232;
 const NODE_H = 50;
 const HB_W = 132;
@@ -210,7 +213,7 @@ export class TopologyView {
     const k =
       mode === "all"
         ? Math.min(1.2, byWidth, (hgt - 20) / d.height)
-        : Math.min(1.2, Math.max(byWidth, Math.min(0.75, (hgt - 20) / d.height)));
+        : Math.min(1.2, Math.max(byWidth, MIN_READABLE_SCALE));
     const y = d.height * k < hgt ? (hgt - d.height * k) / 2 : 10;
     this.#zoom = { k, x: Math.max(10, (w - d.width * k) / 2), y };
     this.#apply();
