@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { topo } from "../../../../test/support/topology.ts";
+import { physAddr } from "../../hw/address.ts";
 import type { IommuMode, MachineDescription } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
 import {
@@ -20,6 +21,7 @@ import {
   dmaBufVmapUnlocked,
 } from "../dma-buf/dma-buf.ts";
 import {
+  dmaBufFd,
   dmaBufGet,
   dmaBufPut,
   MAP_SHARED,
@@ -33,7 +35,8 @@ import {
   sysIoctl,
   sysMmap,
 } from "../dma-buf/file.ts";
-import { leakReport } from "../leaks.ts";
+import { SysmemExporter } from "../dma-buf/sysmem-exporter.ts";
+import { type LeakSource, leakReport } from "../leaks.ts";
 import { for_each_sgtable_dma_sg, type SgTable, sg_page } from "../lib/scatterlist.ts";
 import { PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
@@ -51,6 +54,7 @@ import {
   type HlMemArgs,
   hlMemIoctl,
 } from "./accel.ts";
+import { AMDGPU_GEM_DOMAIN_VRAM, GpuDevice } from "./gpu.ts";
 
 const MiB = 1n << 20n;
 const GiB = 1n << 30n;
@@ -1261,5 +1265,211 @@ describe("accel: trace", () => {
       [["bus-address", 65536n]],
       "map: each entry's kind and length",
     );
+  });
+});
+
+// ── the accelerator as an importer (a model choice: habanalabs has no import path) ──────────────
+
+const GPU_VRAM = 0xc0_0000_0000n;
+const GPU2_VRAM = 0xd0_0000_0000n;
+const enc = (x: string): Uint8Array => new TextEncoder().encode(x);
+
+/**
+ * The accelerator (03:00.0) and a GPU (04:00.0) on two downstream ports of one switch below root
+ * port 00:01.0; a second GPU (05:00.0) behind root port 00:02.0. Host bridge 8086:1234 is not on
+ * the P2PDMA allowlist, so 05:00.0 and the accelerator cannot do P2P.
+ */
+function importerBed(iommu: IommuMode = "off") {
+  const d = topo()
+    .hostFn("00:00.0", "8086:1234")
+    .rootPort("00:01.0")
+    .usp("01:00.0", { parent: "00:01.0" })
+    .dsp("02:00.0", { parent: "01:00.0" })
+    .dsp("02:01.0", { parent: "01:00.0" })
+    .ep("03:00.0", {
+      parent: "02:00.0",
+      id: "1da3:1020",
+      driver: "habanalabs",
+      bars: [
+        { index: 0, start: 0x90_0000_0000n, size: MiB },
+        { index: 2, start: BAR_START, size: BAR_SIZE },
+      ],
+    })
+    .ep("04:00.0", {
+      parent: "02:01.0",
+      id: "1002:740f",
+      driver: "amdgpu",
+      bars: [{ index: 0, start: GPU_VRAM, size: 16n * MiB }],
+    })
+    .rootPort("00:02.0")
+    .ep("05:00.0", {
+      parent: "00:02.0",
+      id: "1002:740f",
+      driver: "amdgpu",
+      bars: [{ index: 0, start: GPU2_VRAM, size: 16n * MiB }],
+    })
+    .iommu(iommu)
+    .build();
+  const tracer = new Tracer(true);
+  const sys = new System(d, { tracer });
+  const core = new DmaBufCore({ profile: PROFILES.mainline, moveNotify: true, tracer });
+  const hl = new AccelDevice(sys, core, "03:00.0");
+  const gpu = new GpuDevice(sys, core, "04:00.0", { vramSize: 4n * MiB });
+  const gpu2 = new GpuDevice(sys, core, "05:00.0", { vramSize: 4n * MiB, name: "amdgpu#2" });
+  const proc = new Process("accel-importer");
+  return { sys, core, hl, gpu, gpu2, proc, tracer };
+}
+type ImporterBed = ReturnType<typeof importerBed>;
+
+/** A GPU VRAM BO exported into the process: the render-node file, handle, BO, dma-buf fd. */
+function gpuExport(b: ImporterBed, gpu: GpuDevice, size: bigint) {
+  const f = gpu.open(b.proc);
+  assert.ok(f.ok, `open ${gpu.devicePath}: ${why(f)}`);
+  const h = f.value.createBo(size, AMDGPU_GEM_DOMAIN_VRAM);
+  assert.ok(h.ok, `GEM_CREATE: ${why(h)}`);
+  const fd = f.value.exportFd(h.value);
+  assert.ok(fd.ok, `PRIME_HANDLE_TO_FD: ${why(fd)}`);
+  return { file: f.value, handle: h.value, bo: f.value.bo(h.value)!, fd: fd.value };
+}
+
+/** HBM the test copies to/from: a mapped DRAM allocation (device VA) and its BAR address. */
+function hbm(b: ImporterBed, size: bigint) {
+  const a = b.hl.memIoctl(b.proc, { op: HL_MEM_OP_ALLOC, mem_size: size });
+  assert.ok(a.ok, `HL ALLOC: ${why(a)}`);
+  const m = b.hl.memIoctl(b.proc, { op: HL_MEM_OP_MAP, handle: a.value.handle });
+  assert.ok(m.ok, `HL MAP: ${why(m)}`);
+  const pack = b.hl.idr.get(a.value.handle)!;
+  return { va: m.value.device_virt_addr, bar: b.hl.barAddress(pack.pages[0]!) as bigint };
+}
+
+function exitClean(b: ImporterBed, extra: LeakSource[] = []): void {
+  sysExit(b.proc);
+  const leaks = leakReport([b.sys, b.core, b.hl, b.gpu, b.gpu2, b.proc, ...extra]);
+  assert.deepEqual(leaks, [], `leaks: ${j(leaks)}`);
+  assert.deepEqual(b.core.warnings, [], `no WARN: ${b.core.warnings.join("; ")}`);
+  assert.deepEqual(b.core.lockdep, [], `no lockdep report: ${j(b.core.lockdep)}`);
+}
+
+describe("accel as an importer (model: dynamic attach with allow_peer2peer, DMA engine copies)", () => {
+  it("imports a GPU VRAM buffer below the same switch: the GPU keeps it in VRAM, the engine copies VRAM → HBM and HBM → VRAM peer to peer", () => {
+    const b = importerBed();
+    const g = gpuExport(b, b.gpu, 256n * 1024n);
+    g.file.cpuWrite(g.handle, 0x40n, enc("gpu-vram"));
+    const h = hbm(b, 256n * 1024n);
+    const imp = b.hl.importDmabuf(b.proc, g.fd);
+    assert.ok(imp.ok, `import: ${why(imp)}`);
+    assert.equal(imp.value.attach.peer2peer, true, "amdgpu kept peer2peer (distance 4)");
+    assert.equal(imp.value.sgt, null, "nothing mapped at import");
+    const r = b.hl.dmaCopy(imp.value, 0x40n, h.va + 0x100n, 8n, "import-to-hbm");
+    assert.ok(r.ok, `VRAM → HBM: ${why(r)}`);
+    assert.deepEqual(r.value.kinds, ["bus-address"], "the GPU's VRAM BAR by bus address");
+    assert.deepEqual(
+      b.sys.memory.read(physAddr(h.bar + 0x100n), 8),
+      enc("gpu-vram"),
+      "the bytes are in HBM",
+    );
+    assert.equal(g.bo.placement, "vram", "a P2P importer: the BO stayed in VRAM");
+    b.sys.memory.write(physAddr(h.bar + 0x2000n), enc("from-hbm"));
+    const w = b.hl.dmaCopy(imp.value, 0x1000n, h.va + 0x2000n, 8n, "hbm-to-import");
+    assert.ok(w.ok, `HBM → VRAM: ${why(w)}`);
+    assert.deepEqual(g.file.cpuRead(g.handle, 0x1000n, 8), enc("from-hbm"), "bytes in VRAM");
+    assert.equal(imp.value.maps, 1, "mapped once, reused");
+    assert.equal(
+      b.sys.fabric.traffic.get("0000:01:00.0"),
+      undefined,
+      "peer to peer: nothing crossed the switch's upstream link",
+    );
+    b.hl.releaseImport(imp.value);
+    exitClean(b);
+  });
+
+  it("imports a host heap buffer behind an IOMMU: IOVAs, HBM → host memory", () => {
+    const b = importerBed("dma");
+    const exp = new SysmemExporter(b.sys, { size: 64n * 1024n, name: "system-heap" });
+    const d = exp.export(b.core);
+    assert.ok(d.ok, `export: ${why(d)}`);
+    const fd = dmaBufFd(b.proc, d.value, O_RDWR | O_CLOEXEC);
+    assert.ok(fd.ok, `fd: ${why(fd)}`);
+    const h = hbm(b, 64n * 1024n);
+    b.sys.memory.write(physAddr(h.bar), enc("hbm-data"));
+    const imp = b.hl.importDmabuf(b.proc, fd.value);
+    assert.ok(imp.ok, `import: ${why(imp)}`);
+    const r = b.hl.dmaCopy(imp.value, 0x3000n, h.va, 8n, "hbm-to-import");
+    assert.ok(r.ok, `HBM → host: ${why(r)}`);
+    assert.deepEqual(r.value.kinds, ["iova"], "through the accelerator's IOMMU domain");
+    assert.deepEqual(b.sys.memory.read(physAddr(exp.phys(0x3000n)), 8), enc("hbm-data"), "bytes");
+    b.hl.releaseImport(imp.value);
+    exitClean(b, [exp]);
+  });
+
+  it("the GPU evicting the buffer calls move_notify: the import is unmapped and mapped again (now GTT pages) at the next copy, same bytes", () => {
+    const b = importerBed();
+    const g = gpuExport(b, b.gpu, 64n * 1024n);
+    g.file.cpuWrite(g.handle, 0n, enc("survives"));
+    const h = hbm(b, 64n * 1024n);
+    const imp = b.hl.importDmabuf(b.proc, g.fd);
+    assert.ok(imp.ok, `import: ${why(imp)}`);
+    const r1 = b.hl.dmaCopy(imp.value, 0n, h.va, 8n, "import-to-hbm");
+    assert.ok(r1.ok, `first copy: ${why(r1)}`);
+    const ev = b.gpu.evictFirst();
+    assert.ok(ev.ok && ev.value === g.bo, `the GPU evicts the BO: ${why(ev)}`);
+    assert.equal(imp.value.invalidations, 1, "move_notify reached the accelerator");
+    assert.equal(imp.value.sgt, null, "its mapping was handed back");
+    assert.equal(b.gpu.outstanding.size, 0, "the GPU has no table out");
+    b.sys.memory.write(physAddr(h.bar), new Uint8Array(8));
+    const r2 = b.hl.dmaCopy(imp.value, 0n, h.va, 8n, "import-to-hbm");
+    assert.ok(r2.ok, `second copy: ${why(r2)}`);
+    assert.equal(imp.value.maps, 2, "mapped again");
+    assert.deepEqual(b.sys.memory.read(physAddr(h.bar), 8), enc("survives"), "same bytes");
+    b.hl.releaseImport(imp.value);
+    exitClean(b);
+  });
+
+  it("a GPU the accelerator cannot reach: amdgpu clears peer2peer and migrates the BO to GTT, the copy goes through system memory", () => {
+    const b = importerBed();
+    assert.equal(
+      b.sys.p2pdma.distanceMany(b.gpu2.fn, [b.hl.fn], false),
+      -1,
+      "GPU 05:00.0 → accelerator: not supported",
+    );
+    const g = gpuExport(b, b.gpu2, 64n * 1024n);
+    g.file.cpuWrite(g.handle, 0x10n, enc("migrated"));
+    const h = hbm(b, 64n * 1024n);
+    const imp = b.hl.importDmabuf(b.proc, g.fd);
+    assert.ok(imp.ok, `import: ${why(imp)}`);
+    assert.equal(imp.value.attach.peer2peer, false, "the exporter cleared peer2peer");
+    const r = b.hl.dmaCopy(imp.value, 0x10n, h.va, 8n, "import-to-hbm");
+    assert.ok(r.ok, `copy: ${why(r)}`);
+    assert.equal(g.bo.placement, "gtt", "map migrated the BO to system memory");
+    assert.deepEqual(r.value.kinds, ["physical"], "RAM by physical address (no IOMMU)");
+    assert.deepEqual(b.sys.memory.read(physAddr(h.bar), 8), enc("migrated"), "bytes");
+    b.hl.releaseImport(imp.value);
+    exitClean(b);
+  });
+
+  it("bad fds, bad ranges, and an import never released is a leak", () => {
+    const b = importerBed();
+    assert.equal(errnoOf(b.hl.importDmabuf(b.proc, 42)), "EBADF", "fd not open → -EBADF");
+    const g = gpuExport(b, b.gpu, 64n * 1024n);
+    const imp = b.hl.importDmabuf(b.proc, g.fd);
+    assert.ok(imp.ok, `import: ${why(imp)}`);
+    const h = hbm(b, 64n * 1024n);
+    assert.equal(
+      errnoOf(b.hl.dmaCopy(imp.value, 64n * 1024n - 4n, h.va, 8n, "import-to-hbm")),
+      "EINVAL",
+      "a range past the imported buffer → -EINVAL",
+    );
+    assert.equal(
+      errnoOf(b.hl.dmaCopy(imp.value, 0n, 0x1234n, 8n, "import-to-hbm")),
+      "EINVAL",
+      "an HBM address outside every mapping → -EINVAL",
+    );
+    assert.deepEqual(
+      b.hl.leaks().map((l) => l.kind),
+      ["accel-import"],
+      "a live import is reported",
+    );
+    b.hl.releaseImport(imp.value);
+    exitClean(b);
   });
 });

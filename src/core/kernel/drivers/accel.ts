@@ -35,16 +35,37 @@
  * Lifetime: an export holds a context reference and (mainline) a reference on the device file;
  * the context is torn down (`hl_vm_ctx_fini`: every VA unmapped, every allocation freed) when its
  * last reference goes, so memory exported to another process outlives the exporter's exit.
+ *
+ * Importing (a MODEL CHOICE, not habanalabs behaviour): habanalabs has no dma-buf import path
+ * (no dma_buf_get / dma_buf_attach anywhere in drivers/misc/habanalabs of 6.1; the driver only
+ * exports). So that the accelerator can stand on the importer side of the exporter × importer
+ * matrix, `importDmabuf` models a generic in-kernel importer with the behaviour an ODP-capable
+ * RDMA device has: dma_buf_dynamic_attach with allow_peer2peer = true and a move_notify that
+ * drops the mapping (no pin), mapped lazily at the first DMA and again after an invalidation;
+ * `dmaCopy` is a DMA engine job copying between HBM (reached internally, no PCIe) and the imported
+ * buffer (reached by DMA through the fabric from the accelerator's function, 64-bit mask; 48
+ * without DRAM VM as Gaudi1 sets it). Imports are the driver's, not the context's: they live
+ * until `releaseImport`, whatever happens to the device file.
  */
 
 import { dmaAddr, type PhysAddr, physAddr } from "../../hw/address.ts";
+import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
-import type { DmaDevice } from "../dma/device.ts";
+import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
-import type { DmaBufAttachment } from "../dma-buf/attachment.ts";
+import {
+  type DmaBufAttachment,
+  type DmaBufAttachOps,
+  dmaBufDetach,
+  dmaBufDynamicAttach,
+  dmaBufMapAttachmentUnlocked,
+  dmaBufUnmapAttachment,
+  dmaBufUnmapAttachmentUnlocked,
+} from "../dma-buf/attachment.ts";
 import { type DmaBuf, type DmaBufCore, type DmaBufOps, dmaBufExport } from "../dma-buf/dma-buf.ts";
 import {
   dmaBufFd,
+  dmaBufGet,
   dmaBufPut,
   type FileOperations,
   KFile,
@@ -1286,6 +1307,241 @@ export class AccelDevice implements LeakSource {
     );
   }
 
+  // ── import (a model choice: habanalabs has no dma-buf import path) ───────────────────────
+
+  /** The importer callbacks of every import (model): peer memory accepted, invalidation drops the mapping. */
+  readonly #importOps: DmaBufAttachOps = {
+    allow_peer2peer: true,
+    move_notify: (a) => this.#importMoveNotify(a),
+  };
+  /** Imports not released yet. */
+  readonly imports = new Set<AccelImport>();
+  #dmaDevice: DmaDevice | null = null;
+  #nextImport = 1;
+
+  /**
+   * The accelerator's own DMA view (the requester of its DMA engine). Created on first use with
+   * the mask hl_pci_init() sets: prop->dma_mask, 64 bits on Gaudi2, 48 on Gaudi1 (no DRAM VM).
+   */
+  get dmaDev(): DmaDevice {
+    if (!this.#dmaDevice) {
+      this.#dmaDevice = this.sys.device(this.fn);
+      dmaSetMaskAndCoherent(this.#dmaDevice, this.dramVirtualMemory ? 64 : 48);
+    }
+    return this.#dmaDevice;
+  }
+
+  /**
+   * MODEL (no habanalabs counterpart): takes a reference on the dma-buf behind `proc`'s `fd`
+   * (-EBADF / -EINVAL as dma_buf_get says) and attaches dynamically with allow_peer2peer; the
+   * exporter's attach errno is returned (the reference dropped). Nothing is mapped yet.
+   * Device not operational → -EBUSY. (dma_buf_get + dma_buf_dynamic_attach, as an ODP importer does)
+   */
+  importDmabuf(proc: Process, fd: number): DbResult<AccelImport> {
+    if (!this.operational)
+      return dbErr("EBUSY", `${this.name}: device is disabled or in reset, can't import`);
+    const got = dmaBufGet(proc, fd);
+    if (!got.ok) return got;
+    const dmabuf = got.value;
+    const priv: { imp: AccelImport | null } = { imp: null };
+    const a = dmaBufDynamicAttach(dmabuf, this.dmaDev, this.#importOps, priv);
+    if (!a.ok) {
+      dmaBufPut(dmabuf);
+      this.sys.trace.emit(
+        "accel:import",
+        `${this.name}: import of ${dmabuf.describe()} failed: the exporter's attach said -${a.errno}`,
+        { device: this.fn.name, ino: dmabuf.ino, errno: a.errno },
+      );
+      return a;
+    }
+    const imp: AccelImport = {
+      id: this.#nextImport++,
+      dmabuf,
+      attach: a.value,
+      sgt: null,
+      maps: 0,
+      invalidations: 0,
+    };
+    priv.imp = imp;
+    this.imports.add(imp);
+    this.sys.trace.emit(
+      "accel:import",
+      `${this.name}: imported ${dmabuf.describe()} (import #${imp.id}), dynamic attachment, peer2peer ${a.value.peer2peer}`,
+      { device: this.fn.name, ino: dmabuf.ino, import: imp.id, peer2peer: a.value.peer2peer },
+    );
+    return kok(imp);
+  }
+
+  /** MODEL: unmap if mapped, detach, and drop the dma-buf reference. (dma_buf_detach + dma_buf_put) */
+  releaseImport(imp: AccelImport): void {
+    if (!this.imports.delete(imp))
+      throw new KernelBug(`${this.name}: import #${imp.id} is not live (released twice?)`);
+    if (imp.sgt) {
+      dmaBufUnmapAttachmentUnlocked(imp.attach, imp.sgt, "bidirectional");
+      imp.sgt = null;
+    }
+    dmaBufDetach(imp.dmabuf, imp.attach);
+    this.sys.trace.emit(
+      "accel:import_release",
+      `${this.name}: import #${imp.id} of ${imp.dmabuf.describe()} released`,
+      { device: this.fn.name, import: imp.id },
+    );
+    dmaBufPut(imp.dmabuf);
+  }
+
+  /**
+   * MODEL: the exporter moves (resv held): the mapping is handed back at once; the next DMA maps
+   * again (what an ODP importer's invalidation does).
+   */
+  #importMoveNotify(a: DmaBufAttachment): void {
+    const imp = (a.importer_priv as { imp: AccelImport | null }).imp;
+    if (!imp) return;
+    imp.invalidations++;
+    if (imp.sgt) {
+      dmaBufUnmapAttachment(a, imp.sgt, "bidirectional");
+      imp.sgt = null;
+    }
+    this.sys.trace.emit(
+      "accel:import_invalidate",
+      `${this.name}: move_notify on ${a.dmabuf.describe()}: import #${imp.id} unmapped (re-mapped at the next DMA)`,
+      { device: this.fn.name, import: imp.id, invalidations: imp.invalidations },
+    );
+  }
+
+  /** MODEL: the import's table, mapped now (under the resv) if it is not; the exporter's errno. */
+  #importMap(imp: AccelImport): DbResult<SgTable> {
+    if (imp.sgt) return kok(imp.sgt);
+    const m = dmaBufMapAttachmentUnlocked(imp.attach, "bidirectional");
+    if (!m.ok) {
+      this.sys.trace.emit(
+        "accel:import_map",
+        `${this.name}: map of import #${imp.id} failed: ${imp.dmabuf.exp_name} said -${m.errno}${m.reason ? ` (${m.reason})` : ""}`,
+        { device: this.fn.name, import: imp.id, errno: m.errno },
+      );
+      return m;
+    }
+    imp.sgt = m.value;
+    imp.maps++;
+    this.sys.trace.emit(
+      "accel:import_map",
+      `${this.name}: import #${imp.id} mapped (${m.value.nents} segment(s))`,
+      { device: this.fn.name, import: imp.id, maps: imp.maps },
+    );
+    return m;
+  }
+
+  /**
+   * `[addr, addr + length)` of HBM as CPU-physical (BAR) runs: with DRAM VM `addr` is a device VA
+   * inside one HL_MEM_OP_MAP mapping of a DRAM allocation; without it a device physical address
+   * in the user DRAM range. Anything else, or HBM beyond the BAR window (not backed in the model)
+   * → -EINVAL.
+   */
+  #hbmRuns(addr: bigint, length: bigint): DbResult<{ phys: PhysAddr; len: bigint }[]> {
+    const barEnd = this.dram_pci_bar_start + this.dram_pci_bar_size;
+    const out: { phys: PhysAddr; len: bigint }[] = [];
+    const push = (dev: bigint, len: bigint): boolean => {
+      const phys = this.barAddress(dev);
+      if (phys < this.dram_pci_bar_start || phys + len > barEnd) return false;
+      const last = out[out.length - 1];
+      if (last && last.phys + last.len === phys) last.len += len;
+      else out.push({ phys, len });
+      return true;
+    };
+    if (!this.dramVirtualMemory) {
+      if (addr < this.dram_user_base_address || addr + length > this.dram_end_address)
+        return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the user DRAM range`);
+      if (!push(addr, length))
+        return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the DRAM BAR window`);
+      return kok(out);
+    }
+    const node = [...this.mem_hash.values()].find(
+      (h) => addr >= h.vaddr && addr + length <= h.vaddr + h.size,
+    );
+    const pack = node ? this.idr.get(node.handle) : undefined;
+    if (!node || !pack || pack.vm_type !== "phys-pack")
+      return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is not inside a DRAM mapping`);
+    let off = addr - node.vaddr;
+    let left = length;
+    while (left > 0n) {
+      const page = pack.pages[Number(off / pack.page_size)]!;
+      const inPage = off % pack.page_size;
+      const n = minBig(pack.page_size - inPage, left);
+      if (!push(page + inPage, n))
+        return dbErr("EINVAL", `DRAM page ${hex(page)} is outside the DRAM BAR window`);
+      off += n;
+      left -= n;
+    }
+    return kok(out);
+  }
+
+  /**
+   * MODEL: a DMA engine job copying `length` bytes between HBM at `hbmAddr` (see `#hbmRuns`) and
+   * byte `importOffset` of an import, in `dir`. Range outside the import → -EINVAL; the import
+   * is mapped first if it is not (the exporter's errno comes back: habanalabs-style -EPERM
+   * without P2P, an amdgpu exporter migrating to GTT instead); the import side is reached by DMA
+   * through the fabric, HBM internally. A fault → -EIO (a write fault may leave part written).
+   */
+  dmaCopy(
+    imp: AccelImport,
+    importOffset: bigint,
+    hbmAddr: bigint,
+    length: bigint,
+    dir: "hbm-to-import" | "import-to-hbm",
+  ): DbResult<AccelCopyResult> {
+    if (!this.imports.has(imp)) throw new KernelBug(`${this.name}: import #${imp.id} is not live`);
+    if (importOffset < 0n || length < 0n || importOffset + length > imp.dmabuf.size)
+      return dbErr(
+        "EINVAL",
+        `[${hex(importOffset)}, ${hex(importOffset + length)}) outside ${imp.dmabuf.describe()}`,
+      );
+    const hbm = this.#hbmRuns(hbmAddr, length);
+    if (!hbm.ok) return hbm;
+    const m = this.#importMap(imp);
+    if (!m.ok) return m;
+    const segs = this.#kinds(imp.attach, m.value);
+    const dev = this.dmaDev;
+    let fault: DmaFault | null = null;
+    if (dir === "hbm-to-import") {
+      const data = new Uint8Array(Number(length));
+      let at = 0;
+      for (const r of hbm.value) {
+        data.set(this.sys.memory.read(r.phys, Number(r.len)), at);
+        at += Number(r.len);
+      }
+      fault = walkSegments(segs, importOffset, length, (dma, lo, hi) => {
+        const w = this.sys.deviceWrite(dev, dma, data.subarray(lo, hi));
+        return w.ok ? null : w.fault;
+      });
+    } else {
+      const data = new Uint8Array(Number(length));
+      fault = walkSegments(segs, importOffset, length, (dma, lo, hi) => {
+        const r = this.sys.fabric.dmaRead(dev.fn, dma, hi - lo);
+        if (!r.ok) return r.fault;
+        data.set(r.data!, lo);
+        return null;
+      });
+      if (!fault) {
+        let at = 0;
+        for (const r of hbm.value) {
+          this.sys.memory.write(r.phys, data.subarray(at, at + Number(r.len)));
+          at += Number(r.len);
+        }
+      }
+    }
+    if (fault) {
+      const msg = `${this.name}: DMA ${dir} of import #${imp.id} faulted at ${hex(fault.address)}: ${fault.reason} (at ${fault.at})`;
+      this.sys.trace.emit("accel:dma", msg, { device: this.fn.name, import: imp.id, errno: "EIO" });
+      return dbErr("EIO", msg);
+    }
+    const kinds = [...new Set(segs.map((x) => x.kind))];
+    this.sys.trace.emit(
+      "accel:dma",
+      `${this.name}: DMA ${dir} ${length} bytes, HBM ${hex(hbmAddr)} <-> import #${imp.id}+${hex(importOffset)} (${kinds.join(", ")})`,
+      { device: this.fn.name, import: imp.id, dir, bytes: length, kinds },
+    );
+    return kok({ bytes: length, kinds });
+  }
+
   // ── leaks ────────────────────────────────────────────────────────────────────────────────
 
   /**
@@ -1307,6 +1563,12 @@ export class AccelDevice implements LeakSource {
         kind: "accel-export",
         owner,
         detail: `${p.dmabuf?.describe() ?? "dma-buf"} of ${hex(p.size)} bytes (${p.phys_pg_pack ? `handle ${p.phys_pg_pack.handle}` : `phys ${hex(p.device_phys_addr)}`}) not released: holds a context reference${p.holdsFile ? ` and ${this.devicePath}` : ""}`,
+      });
+    for (const i of this.imports)
+      out.push({
+        kind: "accel-import",
+        owner,
+        detail: `import #${i.id} of ${i.dmabuf.describe()} not released${i.sgt ? " (still mapped)" : ""}: holds an attachment and a dma-buf reference`,
       });
     const ctx = this.ctx;
     if (ctx) {
@@ -1334,6 +1596,56 @@ export class AccelDevice implements LeakSource {
     }
     return out;
   }
+}
+
+/** One dma-buf the accelerator imported (model; see `AccelDevice.importDmabuf`). */
+export interface AccelImport {
+  readonly id: number;
+  readonly dmabuf: DmaBuf;
+  readonly attach: DmaBufAttachment;
+  /** The table while mapped: null before the first DMA and after a move_notify. */
+  sgt: SgTable | null;
+  /** How many times it was mapped, and invalidated by move_notify. */
+  maps: number;
+  invalidations: number;
+}
+
+/** What `AccelDevice.dmaCopy` did. */
+export interface AccelCopyResult {
+  readonly bytes: bigint;
+  /** The kinds of DMA address the engine used on the import side. */
+  readonly kinds: readonly DmaAddrKind[];
+}
+
+/**
+ * Calls `io(dma, lo, hi)` for each piece of `[offset, offset + length)` of the segments (bytes
+ * `lo..hi` of the transfer); stops at the first fault.
+ */
+function walkSegments(
+  segs: readonly { dma: bigint; len: bigint }[],
+  offset: bigint,
+  length: bigint,
+  io: (dma: bigint, lo: number, hi: number) => DmaFault | null,
+): DmaFault | null {
+  let pos = 0n;
+  let done = 0n;
+  for (const s of segs) {
+    if (done >= length) break;
+    const end = pos + s.len;
+    const at = offset + done;
+    if (at >= end) {
+      pos = end;
+      continue;
+    }
+    const within = at - pos;
+    const n = minBig(length - done, s.len - within);
+    const f = io(s.dma + within, Number(done), Number(done + n));
+    if (f) return f;
+    done += n;
+    pos = end;
+  }
+  if (done < length) throw new KernelBug(`the DMA table covers ${done} of ${length} bytes`);
+  return null;
 }
 
 /**

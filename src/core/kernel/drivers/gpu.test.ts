@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { topo } from "../../../../test/support/topology.ts";
+import { physAddr } from "../../hw/address.ts";
+import type { IommuMode } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
 import {
   type DmaBufAttachment,
@@ -13,12 +15,28 @@ import {
   dmaBufUnmapAttachmentUnlocked,
 } from "../dma-buf/attachment.ts";
 import { DmaBufCore, dmaBufBeginCpuAccess } from "../dma-buf/dma-buf.ts";
-import { dmaBufGet, dmaBufPut, Process, sysClose } from "../dma-buf/file.ts";
+import {
+  dmaBufFd,
+  dmaBufGet,
+  dmaBufPut,
+  O_CLOEXEC,
+  O_RDWR,
+  Process,
+  sysClose,
+  sysExit,
+} from "../dma-buf/file.ts";
+import { SysmemExporter } from "../dma-buf/sysmem-exporter.ts";
 import { type Leak, type LeakSource, leakReport } from "../leaks.ts";
 import { for_each_sgtable_dma_sg, type SgTable, sg_page } from "../lib/scatterlist.ts";
 import { PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
 import { Tracer } from "../trace.ts";
+import {
+  AccelDevice,
+  HL_MEM_OP_ALLOC,
+  HL_MEM_OP_EXPORT_DMABUF_FD,
+  HL_MEM_OP_MAP,
+} from "./accel.ts";
 import {
   AMDGPU_GEM_CREATE_CPU_GTT_USWC,
   AMDGPU_GEM_CREATE_ENCRYPTED,
@@ -134,7 +152,12 @@ function exportBo(b: Bed, size: bigint, domain = VRAM, flags = 0) {
   return { handle, bo: b.file.bo(handle)!, fd, dmabuf };
 }
 
-function newBo(b: Bed, size: bigint, domain = VRAM, flags = 0): { handle: number; bo: GpuBo } {
+function newBo(
+  b: Pick<Bed, "file">,
+  size: bigint,
+  domain = VRAM,
+  flags = 0,
+): { handle: number; bo: GpuBo } {
   const handle = must(b.file.createBo(size, domain, flags), "GEM_CREATE");
   return { handle, bo: b.file.bo(handle)! };
 }
@@ -816,5 +839,313 @@ describe("gpu: GEM / PRIME user API and lifetime", () => {
     dmaBufUnmapAttachmentUnlocked(a, sgt, "bidirectional");
     dmaBufDetach(x.dmabuf, a);
     closeAll(b, [x.fd]);
+  });
+});
+
+// ── amdgpu as an importer ──────────────────────────────────────────────────────────────────────
+
+const HBM_BAR = 0x90_0000_0000n;
+const HBM2_BAR = 0xa0_0000_0000n;
+const VRAM2_BAR = 0xb0_0000_0000n;
+
+/**
+ * One switch below root port 00:01.0 with GPU 03:00.0, accelerator 04:00.0 (habanalabs, HBM
+ * behind BAR 2) and a second GPU 06:00.0 on three downstream ports; a second accelerator 05:00.0
+ * behind root port 00:02.0. Host bridge 8086:1234 is not on the P2PDMA allowlist.
+ */
+function importMachine(iommu: IommuMode) {
+  const hbm = (start: bigint) => [
+    { index: 0, start: start + 0x800_0000n, size: MiB },
+    { index: 2, start, size: 16n * MiB },
+  ];
+  return topo()
+    .hostFn("00:00.0", "8086:1234")
+    .rootPort("00:01.0")
+    .usp("01:00.0", { parent: "00:01.0" })
+    .dsp("02:00.0", { parent: "01:00.0" })
+    .dsp("02:01.0", { parent: "01:00.0" })
+    .dsp("02:02.0", { parent: "01:00.0" })
+    .ep("03:00.0", {
+      parent: "02:00.0",
+      id: "1002:740f",
+      driver: "amdgpu",
+      bars: [{ index: 0, start: VRAM_BAR, size: BAR_SIZE }],
+    })
+    .ep("04:00.0", { parent: "02:01.0", id: "1da3:1020", driver: "habanalabs", bars: hbm(HBM_BAR) })
+    .ep("06:00.0", {
+      parent: "02:02.0",
+      id: "1002:740f",
+      driver: "amdgpu",
+      bars: [{ index: 0, start: VRAM2_BAR, size: BAR_SIZE }],
+    })
+    .rootPort("00:02.0")
+    .ep("05:00.0", {
+      parent: "00:02.0",
+      id: "1da3:1020",
+      driver: "habanalabs",
+      bars: hbm(HBM2_BAR),
+    })
+    .iommu(iommu)
+    .build();
+}
+
+function importBed(iommu: IommuMode = "off") {
+  const tracer = new Tracer(true);
+  const sys = new System(importMachine(iommu), { tracer });
+  const core = new DmaBufCore({ profile: PROFILES.mainline, moveNotify: true, tracer });
+  const gpu = new GpuDevice(sys, core, "03:00.0", { vramSize: 4n * MiB });
+  const gpu2 = new GpuDevice(sys, core, "06:00.0", { vramSize: 4n * MiB, name: "amdgpu#2" });
+  const hl = new AccelDevice(sys, core, "04:00.0");
+  const hl2 = new AccelDevice(sys, core, "05:00.0", { name: "accel1" });
+  const proc = new Process("gpu-importer");
+  const file = must(gpu.open(proc), "open render node");
+  return { sys, core, gpu, gpu2, hl, hl2, proc, file, tracer };
+}
+type ImportBed = ReturnType<typeof importBed>;
+
+/** ALLOC + MAP + EXPORT_DMABUF_FD of `size` bytes of HBM; the fd, the dma-buf, its BAR address. */
+function hbmExport(b: ImportBed, hl: AccelDevice, size: bigint) {
+  const a = must(hl.memIoctl(b.proc, { op: HL_MEM_OP_ALLOC, mem_size: size }), "HL ALLOC");
+  const m = must(hl.memIoctl(b.proc, { op: HL_MEM_OP_MAP, handle: a.handle }), "HL MAP");
+  const e = must(
+    hl.memIoctl(b.proc, {
+      op: HL_MEM_OP_EXPORT_DMABUF_FD,
+      addr: m.device_virt_addr,
+      mem_size: size,
+      offset: 0n,
+      flags: O_RDWR | O_CLOEXEC,
+    }),
+    "HL EXPORT_DMABUF_FD",
+  );
+  const pack = hl.idr.get(a.handle)!;
+  const contiguous = pack.pages.every((p, i) => p === pack.pages[0]! + BigInt(i) * pack.page_size);
+  assert.ok(contiguous, "the test wants physically contiguous HBM");
+  const dmabuf = b.proc.fds.get(e.fd)!.file.private_data!;
+  return { fd: e.fd, dmabuf, bar: hl.barAddress(pack.pages[0]!) as bigint };
+}
+
+/** A host (system-heap style) buffer exported into the process: exporter, fd, dma-buf. */
+function heapExport(b: ImportBed, size: bigint, dynamic = false) {
+  const exp = new SysmemExporter(b.sys, { size, dynamic, name: "system-heap" });
+  const d = must(exp.export(b.core), "heap export");
+  const fd = must(dmaBufFd(b.proc, d, O_RDWR | O_CLOEXEC), "dma_buf_fd");
+  return { exp, fd, dmabuf: d };
+}
+
+/** Exit the process (every fd closed), then nothing may be left anywhere. */
+function exitAndCheck(b: ImportBed, extra: LeakSource[] = []): void {
+  sysExit(b.proc);
+  const leaks = leakReport([b.sys, b.core, b.gpu, b.gpu2, b.hl, b.hl2, b.proc, ...extra]);
+  assert.deepEqual(leaks, [], `leaks:\n${leakText(leaks)}`);
+  assert.equal(b.gpu.bos.size, 0, "every BO of the importing GPU freed");
+  assert.deepEqual(b.core.warnings, [], `no WARN: ${b.core.warnings.join("; ")}`);
+  assert.deepEqual(b.core.lockdep, [], `no lockdep report: ${JSON.stringify(b.core.lockdep)}`);
+}
+
+describe("gpu: amdgpu as an importer (PRIME fd-to-handle, SDMA copy)", () => {
+  it("imports accelerator HBM below the same switch: dynamic attach with peer2peer, mapped at first use, HBM → VRAM and VRAM → HBM copies move the bytes across the switch", () => {
+    const b = importBed();
+    const x = hbmExport(b, b.hl, 128n * KiB);
+    b.sys.memory.write(physAddr(x.bar + 0x1000n), text("from-hbm"));
+    const ih = must(b.file.importFd(x.fd), "PRIME_FD_TO_HANDLE");
+    const ibo = b.file.bo(ih)!;
+    assert.equal(ibo.importOf, x.dmabuf, "the handle names an SG BO standing for the dma-buf");
+    assert.equal(ibo.allowed_domains, GTT, "an import may only live in GTT");
+    const a = ibo.import_attach;
+    assert.ok(a, "the import holds an attachment");
+    assert.ok(a.importer_ops?.allow_peer2peer, "amdgpu's attach ops set allow_peer2peer");
+    assert.equal(a.peer2peer, true, "habanalabs kept peer2peer (pci_p2pdma_distance 4)");
+    assert.equal(ibo.resv, x.dmabuf.resv, "the BO shares the dma-buf's reservation object");
+    assert.equal(ibo.ttmSg, null, "nothing is mapped at import");
+    assert.equal(b.hl.outstanding.size, 0, "the exporter handed out no table yet");
+
+    const v = newBo(b, 128n * KiB, VRAM);
+    const r = must(b.file.copy(ih, 0x1000n, v.handle, 0x2000n, 8n), "copy HBM → VRAM");
+    assert.deepEqual(b.file.cpuRead(v.handle, 0x2000n, 8), text("from-hbm"), "bytes in VRAM");
+    assert.equal(r.src.via, "import", "read through the import");
+    assert.deepEqual(r.src.kinds, ["bus-address"], "the GPU used the HBM BAR's bus address");
+    assert.equal(r.dst.via, "vram", "written into its own VRAM directly");
+    assert.equal(ibo.importMaps, 1, "bound (mapped) by the first submission");
+    assert.equal(b.hl.outstanding.size, 1, "habanalabs handed out one table");
+
+    b.file.cpuWrite(v.handle, 0n, text("to-hbm!"));
+    must(b.file.copy(v.handle, 0n, ih, 0x8000n, 7n), "copy VRAM → HBM");
+    assert.deepEqual(
+      b.sys.memory.read(physAddr(x.bar + 0x8000n), 7),
+      text("to-hbm!"),
+      "bytes landed in HBM",
+    );
+    assert.equal(ibo.importMaps, 1, "the bound table is reused");
+    assert.equal(
+      b.sys.fabric.traffic.get("0000:01:00.0"),
+      undefined,
+      "nothing crossed the switch's upstream link: the copies went peer to peer",
+    );
+    assert.ok(
+      (b.sys.fabric.traffic.get("0000:03:00.0")?.up ?? 0n) >= 15n,
+      "the GPU's link carried the requests",
+    );
+    exitAndCheck(b);
+    assert.equal(b.hl.outstanding.size, 0, "the import's table went back at exit");
+  });
+
+  it("imports a host heap buffer behind an IOMMU: IOVAs, copies to VRAM and into a GTT BO", () => {
+    const b = importBed("dma");
+    const h = heapExport(b, 64n * KiB);
+    b.sys.memory.write(physAddr(h.exp.phys(0x100n)), text("host-bytes"));
+    const ih = must(b.file.importFd(h.fd), "PRIME_FD_TO_HANDLE");
+    const v = newBo(b, 64n * KiB, VRAM);
+    const g = newBo(b, 64n * KiB, GTT);
+    const r1 = must(b.file.copy(ih, 0x100n, v.handle, 0n, 10n), "heap → VRAM");
+    assert.deepEqual(r1.src.kinds, ["iova"], "the heap pages were mapped through the IOMMU");
+    assert.deepEqual(b.file.cpuRead(v.handle, 0n, 10), text("host-bytes"), "bytes in VRAM");
+    const r2 = must(b.file.copy(ih, 0x100n, g.handle, 0x40n, 10n), "heap → GTT");
+    assert.equal(r2.dst.via, "gtt", "the GTT BO is reached by DMA");
+    assert.deepEqual(r2.dst.kinds, ["iova"], "through the GPU's IOMMU domain");
+    assert.deepEqual(b.file.cpuRead(g.handle, 0x40n, 10), text("host-bytes"), "bytes in GTT");
+    b.file.cpuWrite(v.handle, 0x10n, text("back"));
+    must(b.file.copy(v.handle, 0x10n, ih, 0x2000n, 4n), "VRAM → heap");
+    assert.deepEqual(
+      b.sys.memory.read(physAddr(h.exp.phys(0x2000n)), 4),
+      text("back"),
+      "bytes in host memory",
+    );
+    exitAndCheck(b, [h.exp]);
+  });
+
+  it("move_notify on the imported buffer unbinds it (table handed back, VM mappings invalidated); the next copy maps again and reads the new location", () => {
+    const b = importBed();
+    const h = heapExport(b, 16n * KiB, true);
+    b.sys.memory.write(physAddr(h.exp.phys(0n)), text("old-place"));
+    const ih = must(b.file.importFd(h.fd), "import");
+    const ibo = b.file.bo(ih)!;
+    const v = newBo(b, 16n * KiB, VRAM);
+    must(b.file.copy(ih, 0n, v.handle, 0n, 9n), "first copy");
+    assert.equal(ibo.importMaps, 1, "mapped once");
+    assert.equal(h.exp.pins, 0, "a dynamic importer with move_notify does not pin");
+    const before = h.exp.phys(0n);
+    h.dmabuf.resv.lock("test: exporter moves");
+    must(h.exp.move(), "the exporter moves the buffer");
+    h.dmabuf.resv.unlock("test: exporter moves");
+    assert.notEqual(h.exp.phys(0n), before, "the buffer lives elsewhere now");
+    assert.equal(ibo.vmInvalidations, 1, "amdgpu_dma_buf_move_notify invalidated the BO");
+    assert.equal(ibo.ttmSg, null, "unbound: the table went back to the exporter");
+    assert.equal(h.exp.count("unmap"), 1, "the exporter got its table back during move_notify");
+    b.sys.memory.write(physAddr(h.exp.phys(0n)), text("new-place"));
+    must(b.file.copy(ih, 0n, v.handle, 0x100n, 9n), "second copy");
+    assert.equal(ibo.importMaps, 2, "the next submission mapped the attachment again");
+    assert.equal(h.exp.count("map"), 2, "the exporter mapped twice");
+    assert.deepEqual(b.file.cpuRead(v.handle, 0x100n, 9), text("new-place"), "read the new pages");
+    assert.ok(
+      evs(b.tracer, "gpu:import_invalidate").length === 1,
+      "the invalidation is in the trace",
+    );
+    exitAndCheck(b, [h.exp]);
+  });
+
+  it("another amdgpu as the moving exporter: GPU#2 evicts its VRAM BO, GPU#1's import is invalidated and re-mapped before its next copy", () => {
+    const b = importBed();
+    const f2 = must(b.gpu2.open(b.proc), "open GPU#2");
+    const h2 = must(f2.createBo(64n * KiB, VRAM), "GPU#2 GEM_CREATE");
+    f2.cpuWrite(h2, 0x30n, text("vram-of-2"));
+    const fd = must(f2.exportFd(h2), "GPU#2 export");
+    const ih = must(b.file.importFd(fd), "GPU#1 import");
+    const ibo = b.file.bo(ih)!;
+    const bo2 = f2.bo(h2)!;
+    const v = newBo(b, 64n * KiB, VRAM);
+    const r1 = must(b.file.copy(ih, 0x30n, v.handle, 0n, 9n), "copy from GPU#2's VRAM");
+    assert.equal(ibo.import_attach?.peer2peer, true, "GPU#2 kept peer2peer (same switch)");
+    assert.deepEqual(r1.src.kinds, ["bus-address"], "GPU#2's VRAM BAR, peer to peer");
+    assert.equal(bo2.placement, "vram", "the exporter's BO stayed in VRAM for a P2P importer");
+    assert.equal(must(b.gpu2.evictFirst(), "GPU#2 evicts"), bo2, "GPU#2 evicted its BO");
+    assert.equal(bo2.placement, "gtt", "evicted to GTT");
+    assert.equal(ibo.vmInvalidations, 1, "GPU#1 was told before the move");
+    assert.equal(ibo.ttmSg, null, "GPU#1's import is unbound");
+    const r2 = must(b.file.copy(ih, 0x30n, v.handle, 0x40n, 9n), "copy after the move");
+    assert.equal(ibo.importMaps, 2, "mapped again");
+    assert.deepEqual(b.file.cpuRead(v.handle, 0x40n, 9), text("vram-of-2"), "same bytes");
+    assert.ok(r2.src.kinds.length > 0, "the copy went through the new table");
+    exitAndCheck(b);
+  });
+
+  it("an importer that cannot reach the exporter gets the exporter's errno: habanalabs clears peer2peer at attach and its map refuses with -EPERM", () => {
+    const b = importBed();
+    assert.equal(
+      b.sys.p2pdma.distanceMany(b.hl2.fn, [b.gpu.fn], false),
+      -1,
+      "accelerator 05:00.0 → GPU: not supported (different root ports, host bridge not allowlisted)",
+    );
+    const x = hbmExport(b, b.hl2, 64n * KiB);
+    const ih = must(b.file.importFd(x.fd), "the import itself succeeds (nothing is mapped yet)");
+    const ibo = b.file.bo(ih)!;
+    assert.equal(ibo.import_attach?.peer2peer, false, "habanalabs cleared peer2peer");
+    const v = newBo(b, 64n * KiB, VRAM);
+    const r = b.file.copy(ih, 0n, v.handle, 0n, 16n);
+    assert.equal(errnoOf(r), "EPERM", `the submission fails with the exporter's errno: ${why(r)}`);
+    assert.equal(ibo.ttmSg, null, "nothing bound");
+    assert.deepEqual(b.file.cpuRead(v.handle, 0n, 16), new Uint8Array(16), "no byte moved");
+    const ev = evs(b.tracer, "gpu:import_map").at(-1);
+    assert.equal(ev?.data?.["errno"], "EPERM", "the failed bind is traced");
+    exitAndCheck(b);
+  });
+
+  it("an exporter refusing the attach fails the import with its errno and leaves nothing behind", () => {
+    const b = importBed();
+    const exp = new SysmemExporter(b.sys, { size: 8n * KiB, attachFails: "EOPNOTSUPP" });
+    const d = must(exp.export(b.core), "export");
+    const fd = must(dmaBufFd(b.proc, d, O_RDWR), "fd");
+    const r = b.file.importFd(fd);
+    assert.equal(errnoOf(r), "EOPNOTSUPP", `PRIME_FD_TO_HANDLE: ${why(r)}`);
+    assert.equal(b.file.handles.size, 0, "no handle");
+    assert.equal(b.gpu.bos.size, 0, "the SG BO was dropped");
+    assert.equal(errnoOf(b.file.importFd(999)), "EBADF", "an fd that is not open → -EBADF");
+    exitAndCheck(b, [exp]);
+  });
+
+  it("self-import returns the same GEM object: the same handle through the exporting file, a new handle on the same BO through another file, no attachment", () => {
+    const b = importBed();
+    const h = must(b.file.createBo(64n * KiB, VRAM), "GEM_CREATE");
+    const bo = b.file.bo(h)!;
+    b.file.cpuWrite(h, 0n, text("mine"));
+    const fd = must(b.file.exportFd(h), "export");
+    assert.equal(
+      must(b.file.importFd(fd), "re-import"),
+      h,
+      "the PRIME cache gives the handle back",
+    );
+    const f2 = must(b.gpu.open(b.proc), "second render node file");
+    const h2 = must(f2.importFd(fd), "import through another file");
+    assert.equal(f2.bo(h2), bo, "amdgpu_gem_prime_import returned its own GEM object");
+    assert.equal(bo.handle_count, 2, "two handles on one BO");
+    assert.equal(bo.import_attach, null, "no attachment on its own buffer");
+    const dmabuf = b.proc.fds.get(fd)!.file.private_data!;
+    assert.equal(dmabuf.attachments.length, 0, "nobody attached");
+    const v2 = must(f2.createBo(64n * KiB, VRAM), "GEM_CREATE in file 2");
+    const r = must(f2.copy(h2, 0n, v2, 0n, 4n), "copy from the self-import");
+    assert.equal(r.src.via, "vram", "the GPU reads its own VRAM directly");
+    assert.deepEqual(f2.cpuRead(v2, 0n, 4), text("mine"), "bytes copied");
+    exitAndCheck(b);
+  });
+
+  it("pinning an imported BO pins the exporter (dma_buf_pin) and blocks its moves; VRAM is refused", () => {
+    const b = importBed();
+    const hx = heapExport(b, 16n * KiB, true);
+    const ih = must(b.file.importFd(hx.fd), "import");
+    const ibo = b.file.bo(ih)!;
+    assert.equal(
+      errnoOf(b.gpu.pinKernel(ibo, VRAM)),
+      "EINVAL",
+      "an import cannot be pinned in VRAM",
+    );
+    must(b.gpu.pinKernel(ibo, GTT | VRAM), "pin in GTT");
+    assert.equal(hx.exp.pins, 1, "the exporter was pinned");
+    assert.ok(ibo.ttmSg, "pinning bound the import");
+    hx.dmabuf.resv.lock("test");
+    const mv = hx.exp.move();
+    hx.dmabuf.resv.unlock("test");
+    assert.equal(errnoOf(mv), "EBUSY", "the exporter cannot move a pinned buffer");
+    b.gpu.unpinKernel(ibo);
+    assert.equal(hx.exp.pins, 0, "unpinned with the last amdgpu_bo_unpin");
+    exitAndCheck(b, [hx.exp]);
   });
 });

@@ -21,9 +21,19 @@
  * non-SYSTEM placement calls `dma_buf_move_notify` under the resv before the move.
  *
  * User API (`GpuFile`, the /dev/dri/renderD128-style device file): GEM_CREATE, PRIME
- * HANDLE_TO_FD, GEM_CLOSE, CPU access through a mapping, and a command submission that validates
- * BOs back into their preferred domains. Kernel API (`GpuDevice`): evict (memory pressure, the
- * debugfs amdgpu_evict_vram), kernel pins (scanout-style).
+ * HANDLE_TO_FD, PRIME FD_TO_HANDLE, GEM_CLOSE, CPU access through a mapping, a command submission
+ * that validates BOs back into their preferred domains, and an SDMA copy between two BOs. Kernel
+ * API (`GpuDevice`): evict (memory pressure, the debugfs amdgpu_evict_vram), kernel pins
+ * (scanout-style).
+ *
+ * As an importer (amdgpu_dma_buf.c import side, amdgpu_ttm.c backend bind/unbind, drm_prime.c):
+ * PRIME fd-to-handle of a dma-buf this device exported returns the same GEM object; any other
+ * dma-buf becomes an SG BO (GTT only, sharing the dma-buf's resv, SYSTEM until bound) with a
+ * dynamic attachment (allow_peer2peer = true, move_notify = amdgpu_dma_buf_move_notify). The
+ * attachment is mapped when the BO is validated (bound) by a submission; move_notify unbinds it
+ * (table handed back) and invalidates the VM mappings, so the next submission maps again. The copy
+ * engine reaches its VRAM directly and GTT pages and imports by DMA through the fabric, from the
+ * GPU's own DMA device (44-bit mask).
  *
  * What differs between 6.1 and mainline is in `AMDGPU_PROFILES`, chosen by the dma-buf core's
  * kernel profile (it belongs in `KernelProfile` once that file takes driver sections).
@@ -36,15 +46,29 @@
  * pages, top-down unless CPU access is required; a contiguous run becomes the naturally aligned
  * power-of-two blocks a buddy allocator would hand out, each one sg entry); the CS move budget
  * (bytes_moved_threshold is treated as unlimited); GPU VMs, fences of the blit (moves complete at
- * once), amdgpu as an importer, userptr BOs, DISCARDABLE BOs, TMZ. On 6.1 a validation that
+ * once), userptr BOs, DISCARDABLE BOs, TMZ. On 6.1 a validation that
  * would move a pinned BO fails before allocating (the kernel allocates, possibly evicting, and
  * only then does amdgpu_bo_move refuse). vmap returns the BO's first byte (no kernel mapping).
+ * Import gaps: imported BOs are not counted in the GTT manager and never evicted from GTT under
+ * GTT pressure; CPU mmap of an imported BO (redirected to the exporter) is not modelled; the
+ * copy engine has no GPU VM: it uses DMA addresses directly, and a fault fails the copy with -EIO.
  */
 
 import { dmaAddr, type PhysAddr, physAddr } from "../../hw/address.ts";
+import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
+import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
-import type { DmaBufAttachment } from "../dma-buf/attachment.ts";
+import {
+  type DmaBufAttachment,
+  type DmaBufAttachOps,
+  dmaBufDetach,
+  dmaBufDynamicAttach,
+  dmaBufMapAttachment,
+  dmaBufPin,
+  dmaBufUnmapAttachment,
+  dmaBufUnpin,
+} from "../dma-buf/attachment.ts";
 import {
   type DmaBuf,
   type DmaBufCore,
@@ -57,6 +81,7 @@ import {
 } from "../dma-buf/dma-buf.ts";
 import {
   dmaBufFd,
+  dmaBufGet,
   dmaBufPut,
   type FileOperations,
   KFile,
@@ -255,8 +280,27 @@ export class GpuBo {
   moves = 0;
   evictions = 0;
   freed = false;
+  /**
+   * The foreign dma-buf an imported BO (a `ttm_bo_type_sg` BO made by amdgpu_dma_buf_create_obj)
+   * stands for; null for BOs with memory of their own. Its `placement` is null while it sits in
+   * the SYSTEM domain (unbound) and "gtt" while bound (its attachment mapped, `ttmSg` set).
+   */
+  readonly importOf: DmaBuf | null;
+  /** `base.import_attach`: the dynamic attachment of an imported BO. */
+  import_attach: DmaBufAttachment | null = null;
+  /** `ttm->sg` of an imported BO: the table dma_buf_map_attachment returned when it was bound. */
+  ttmSg: SgTable | null = null;
+  /** Imported: how many times the attachment was mapped (bound), and invalidated by move_notify. */
+  importMaps = 0;
+  vmInvalidations = 0;
 
-  constructor(gpu: GpuDevice, size: bigint, domain: number, flags: number) {
+  constructor(
+    gpu: GpuDevice,
+    size: bigint,
+    domain: number,
+    flags: number,
+    importOf: DmaBuf | null = null,
+  ) {
     this.gpu = gpu;
     this.size = size;
     this.preferred_domains = domain;
@@ -264,20 +308,30 @@ export class GpuBo {
     this.allowed_domains =
       domain === AMDGPU_GEM_DOMAIN_VRAM ? domain | AMDGPU_GEM_DOMAIN_GTT : domain;
     this.flags = flags;
-    this.resv = new DmaResv(
-      `resv of bo#${this.id}`,
-      gpu.core.clock,
-      { lockdep: (r) => gpu.core.lockdep.push(r) },
-      gpu.core.task,
-    );
+    this.importOf = importOf;
+    // an imported BO shares the dma-buf's reservation object (bp.resv = dma_buf->resv)
+    this.resv =
+      importOf?.resv ??
+      new DmaResv(
+        `resv of bo#${this.id}`,
+        gpu.core.clock,
+        { lockdep: (r) => gpu.core.lockdep.push(r) },
+        gpu.core.task,
+      );
   }
 
   describe(): string {
+    if (this.importOf)
+      return `bo#${this.id} (${this.size} bytes, import of dmabuf:${this.importOf.ino}, ${this.freed ? "freed" : this.ttmSg ? "bound in GTT" : "unbound (SYSTEM)"})`;
     return `bo#${this.id} (${this.size} bytes, ${this.placement ?? (this.freed ? "freed" : "unplaced")}, prefers ${domainText(this.preferred_domains)})`;
   }
 
   /** CPU physical address of byte `off` (the BAR for VRAM, the RAM page for GTT). */
   phys(off: bigint): PhysAddr {
+    if (this.importOf)
+      throw new Error(
+        `${this.describe()}: an imported BO has no memory of its own (CPU access to it is not modelled)`,
+      );
     if (off < 0n || off >= this.size)
       throw new RangeError(`${this.describe()}: offset ${hex(off)}`);
     if (this.placement === "vram") {
@@ -295,6 +349,7 @@ export class GpuBo {
 
   /** The backing store as [phys, len] runs in BO order. */
   segments(): { phys: bigint; len: bigint }[] {
+    if (this.importOf) return [];
     if (this.placement === "vram")
       return this.vram.map((r) => ({ phys: this.gpu.aper_base + r.offset, len: r.size }));
     if (this.placement === "gtt")
@@ -416,7 +471,11 @@ export class GpuFile {
       let dmabuf = this.prime.get(handle);
       if (dmabuf) getDmaBuf(dmabuf);
       else {
-        if (bo.dma_buf) {
+        if (bo.import_attach) {
+          // re-export of an imported BO: the original dma-buf
+          dmabuf = bo.import_attach.dmabuf;
+          getDmaBuf(dmabuf);
+        } else if (bo.dma_buf) {
           dmabuf = bo.dma_buf;
           getDmaBuf(dmabuf);
         } else {
@@ -441,6 +500,75 @@ export class GpuFile {
     } finally {
       this.gpu.gemPut(bo);
     }
+  }
+
+  /**
+   * DRM_IOCTL_PRIME_FD_TO_HANDLE: fd not open → -EBADF, not a dma-buf → -EINVAL. The handle this
+   * file already has for the dma-buf (its PRIME cache: an export or an earlier import through this
+   * file) is returned as is; otherwise amdgpu imports it (`GpuDevice.gemPrimeImport`: the same BO
+   * for a dma-buf this device exported, else a new SG BO attached dynamically, the exporter's
+   * attach errno returned), `obj->dma_buf` takes a reference if unset, a new handle names the BO
+   * and the PRIME cache keeps a reference. Nothing is mapped yet: the attachment is mapped when
+   * the BO is first validated (a command submission or `copy`).
+   * models drm_gem_prime_fd_to_handle() (drm_prime.c)
+   */
+  importFd(fd: number): DbResult<number> {
+    this.#live("PRIME_FD_TO_HANDLE");
+    const got = dmaBufGet(this.proc, fd);
+    if (!got.ok) return got;
+    const dmabuf = got.value;
+    try {
+      for (const [h, d] of this.prime) if (d === dmabuf) return kok(h); // drm_prime_lookup_buf_handle
+      const imp = this.gpu.gemPrimeImport(dmabuf);
+      if (!imp.ok) return imp;
+      const bo = imp.value;
+      if (bo.dma_buf) {
+        if (bo.dma_buf !== dmabuf)
+          this.gpu.core.warn(
+            `WARN_ON(obj->dma_buf != dma_buf): ${bo.describe()} is already exported as ${bo.dma_buf.describe()}`,
+          );
+      } else {
+        bo.dma_buf = dmabuf;
+        getDmaBuf(dmabuf);
+      }
+      // models drm_gem_handle_create_tail() (the first handle takes a GEM reference), then the
+      // import's reference is dropped
+      const handle = this.#nextHandle++;
+      this.handles.set(handle, bo);
+      if (bo.handle_count++ === 0) bo.kref++;
+      this.gpu.gemPut(bo);
+      // models drm_prime_add_buf_handle()
+      getDmaBuf(dmabuf);
+      this.prime.set(handle, dmabuf);
+      this.gpu.traceImportHandle(this, handle, bo, dmabuf);
+      return kok(handle);
+    } finally {
+      dmaBufPut(dmabuf);
+    }
+  }
+
+  /**
+   * An AMDGPU_CS whose IB is one SDMA COPY_LINEAR of `length` bytes from `srcHandle` at
+   * `srcOffset` to `dstHandle` at `dstOffset`: unknown handle → -ENOENT; a range outside a BO →
+   * -EINVAL (model: the kernel does not look inside the IB, the GPU would VM-fault); then every
+   * BO of the submission is reserved and validated as the CS does (an imported BO is bound: its
+   * attachment mapped, again after a move_notify unbound it; the exporter's map errno comes back)
+   * and the copy engine moves the bytes (see `GpuDevice.sdmaCopy`).
+   * models amdgpu_cs_ioctl() with an SDMA copy (amdgpu_cs_parser_bos + the engine)
+   */
+  copy(
+    srcHandle: number,
+    srcOffset: bigint,
+    dstHandle: number,
+    dstOffset: bigint,
+    length: bigint,
+  ): DbResult<GpuCopyResult> {
+    this.#live("AMDGPU_CS (SDMA copy)");
+    const src = this.handles.get(srcHandle);
+    if (!src) return dbErr("ENOENT", `AMDGPU_CS: no handle ${srcHandle}`);
+    const dst = this.handles.get(dstHandle);
+    if (!dst) return dbErr("ENOENT", `AMDGPU_CS: no handle ${dstHandle}`);
+    return this.gpu.sdmaCopy(src, srcOffset, dst, dstOffset, length);
   }
 
   /** DRM_IOCTL_GEM_CLOSE: unknown handle → -EINVAL. models drm_gem_handle_delete() */
@@ -703,11 +831,13 @@ export class GpuDevice implements LeakSource {
       this.core.warn(`WARN_ON(bo->pin_count): ${bo.describe()} freed while pinned ${bo.pin_count}`);
     const from = bo.placement;
     this.#lruDel(bo);
-    this.#releaseBacking(bo);
+    if (bo.importOf) this.#importDestroy(bo);
+    else this.#releaseBacking(bo);
     bo.placement = null;
     bo.freed = true;
     this.bos.delete(bo);
-    if (!bo.resv.held) bo.resv.fini();
+    // an imported BO's resv is the dma-buf's: it lives on with the buffer
+    if (!bo.importOf && !bo.resv.held) bo.resv.fini();
     this.#emit("gpu:bo_free", `${this.name}: bo#${bo.id} freed (was in ${from ?? "nothing"})`, {
       device: this.fn.name,
       bo: bo.id,
@@ -874,6 +1004,7 @@ export class GpuDevice implements LeakSource {
    */
   #validate(bo: GpuBo, domain: number, why: string): DbResult {
     bo.resv.assertHeld("ttm_bo_validate");
+    if (bo.importOf) return this.#importBind(bo, domain, why);
     const places = this.#placementFromDomain(bo, domain);
     for (const evicting of [false, true]) {
       if (bo.placement !== null && this.#compatible(bo, places, evicting)) return kok();
@@ -1074,6 +1205,12 @@ export class GpuDevice implements LeakSource {
     bo.resv.assertHeld("amdgpu_bo_pin");
     let domain = domainIn;
     if (bo.preferred_domains & domain) domain = bo.preferred_domains & domain;
+    // a shared (imported) BO cannot be migrated to VRAM: GTT or nothing
+    if (bo.importOf) {
+      if (!(domain & AMDGPU_GEM_DOMAIN_GTT))
+        return dbErr("EINVAL", `${bo.describe()} is imported: it can only be pinned in GTT`);
+      domain = AMDGPU_GEM_DOMAIN_GTT;
+    }
     if (bo.pin_count > 0) {
       const cur = bo.placement === "vram" ? AMDGPU_GEM_DOMAIN_VRAM : AMDGPU_GEM_DOMAIN_GTT;
       if (!(domain & cur))
@@ -1085,6 +1222,9 @@ export class GpuDevice implements LeakSource {
       this.#tracePin(bo, domain, why);
       return kok();
     }
+    // the exporter is asked to pin first; amdgpu ignores what dma_buf_pin returns (and does not
+    // unpin when the validation below fails)
+    if (bo.import_attach) dmaBufPin(bo.import_attach);
     if (!(bo.flags & AMDGPU_GEM_CREATE_NO_CPU_ACCESS))
       bo.flags |= AMDGPU_GEM_CREATE_CPU_ACCESS_REQUIRED;
     const v = this.#validate(bo, domain, why);
@@ -1121,6 +1261,7 @@ export class GpuDevice implements LeakSource {
       return;
     }
     bo.pin_count--;
+    if (bo.pin_count === 0 && bo.import_attach) dmaBufUnpin(bo.import_attach);
     if (bo.pin_count === 0) this.#lruTail(bo);
     this.#emit(
       "gpu:unpin",
@@ -1152,20 +1293,25 @@ export class GpuDevice implements LeakSource {
   csValidate(bo: GpuBo): DbResult {
     bo.resv.lock("amdgpu_cs_parser_bos");
     try {
-      if (bo.pin_count > 0) return kok();
-      const shared = bo.dma_buf;
-      let domain =
-        shared && shared.attachments.length > 0 ? bo.allowed_domains : bo.preferred_domains;
-      for (;;) {
-        const r = this.#validate(bo, domain, "command submission");
-        if (r.ok || r.errno !== "ENOMEM" || domain === bo.allowed_domains) {
-          if (r.ok) this.#lruTail(bo);
-          return r;
-        }
-        domain = bo.allowed_domains;
-      }
+      return this.#csValidateLocked(bo);
     } finally {
       bo.resv.unlock("amdgpu_cs_parser_fini");
+    }
+  }
+
+  // models amdgpu_cs_bo_validate() with the BO reserved by the caller
+  #csValidateLocked(bo: GpuBo): DbResult {
+    if (bo.pin_count > 0) return kok();
+    const shared = bo.dma_buf;
+    let domain =
+      shared && shared.attachments.length > 0 ? bo.allowed_domains : bo.preferred_domains;
+    for (;;) {
+      const r = this.#validate(bo, domain, "command submission");
+      if (r.ok || r.errno !== "ENOMEM" || domain === bo.allowed_domains) {
+        if (r.ok) this.#lruTail(bo);
+        return r;
+      }
+      domain = bo.allowed_domains;
     }
   }
 
@@ -1534,6 +1680,366 @@ export class GpuDevice implements LeakSource {
     this.gemPut(bo);
   }
 
+  // ── PRIME import: amdgpu as an importer ────────────────────────────────────────────────────
+
+  /** `amdgpu_dma_buf_attach_ops`: one table for every import of this device. */
+  readonly #importOps: DmaBufAttachOps = {
+    allow_peer2peer: true,
+    move_notify: (a) => this.#importMoveNotify(a),
+  };
+  #dmaDevice: DmaDevice | null = null;
+
+  /**
+   * The GPU's own DMA view: what importers' tables are mapped for and where the copy engine's
+   * requests come from. Created on first use with the 44-bit mask gmc v10 (and most v9 parts)
+   * set at probe (dma_set_mask_and_coherent(adev->dev, DMA_BIT_MASK(44))).
+   */
+  get dmaDev(): DmaDevice {
+    if (!this.#dmaDevice) {
+      this.#dmaDevice = this.sys.device(this.fn);
+      dmaSetMaskAndCoherent(this.#dmaDevice, 44);
+    }
+    return this.#dmaDevice;
+  }
+
+  /**
+   * A dma-buf this very device exported → its own BO with one reference more (no attachment: the
+   * GPU uses its memory directly). Anything else → a new SG BO (`#dmaBufCreateObj`) attached with
+   * dma_buf_dynamic_attach(allow_peer2peer = true, move_notify = amdgpu_dma_buf_move_notify): the
+   * exporter's attach errno is returned and the BO dropped; the attachment keeps a reference on
+   * the dma-buf. Nothing is mapped here. models amdgpu_gem_prime_import()
+   */
+  gemPrimeImport(dmabuf: DmaBuf): DbResult<GpuBo> {
+    const own = this.boOf(dmabuf);
+    if (own) {
+      own.kref++; // drm_gem_object_get(): the GEM object, not the dma-buf's file
+      this.#emit(
+        "gpu:import",
+        `${this.name}: ${dmabuf.describe()} is its own bo#${own.id}: same GEM object, no attachment`,
+        { device: this.fn.name, bo: own.id, ino: dmabuf.ino, self: true },
+      );
+      return kok(own);
+    }
+    const bo = this.#dmaBufCreateObj(dmabuf);
+    const a = dmaBufDynamicAttach(dmabuf, this.dmaDev, this.#importOps, bo);
+    if (!a.ok) {
+      this.#emit(
+        "gpu:import",
+        `${this.name}: import of ${dmabuf.describe()} failed: the exporter's attach said -${a.errno}`,
+        { device: this.fn.name, ino: dmabuf.ino, errno: a.errno },
+      );
+      this.gemPut(bo);
+      return a;
+    }
+    getDmaBuf(dmabuf);
+    bo.import_attach = a.value;
+    this.#emit(
+      "gpu:import",
+      `${this.name}: ${dmabuf.describe()} imported as bo#${bo.id} (SG BO, GTT only), dynamic attachment, peer2peer ${a.value.peer2peer}`,
+      { device: this.fn.name, bo: bo.id, ino: dmabuf.ino, peer2peer: a.value.peer2peer },
+    );
+    return kok(bo);
+  }
+
+  /**
+   * An empty SG BO for `dmabuf`, made under the dma-buf's resv (which it shares): created in the
+   * CPU domain (SYSTEM, no backing), then allowed and preferred domains set to GTT; CPU_GTT_USWC
+   * is copied from an amdgpu exporter's BO. Not counted against the GTT manager (model).
+   * models amdgpu_dma_buf_create_obj()
+   */
+  #dmaBufCreateObj(dmabuf: DmaBuf): GpuBo {
+    dmabuf.resv.lock("amdgpu_dma_buf_create_obj");
+    try {
+      const other = dmabuf.priv instanceof GpuBo ? dmabuf.priv : null;
+      const flags = other ? other.flags & AMDGPU_GEM_CREATE_CPU_GTT_USWC : 0;
+      const size = alignUp(dmabuf.size, PAGE_SIZE_N);
+      const bo = new GpuBo(this, size, AMDGPU_GEM_DOMAIN_GTT, flags, dmabuf);
+      this.bos.add(bo);
+      return bo;
+    } finally {
+      dmabuf.resv.unlock("amdgpu_dma_buf_create_obj");
+    }
+  }
+
+  /** @internal the trace line of a PRIME fd-to-handle. */
+  traceImportHandle(f: GpuFile, handle: number, bo: GpuBo, dmabuf: DmaBuf): void {
+    this.#emit(
+      "gpu:prime_import",
+      `${this.name}: ${f.proc.name} fd-to-handle ${dmabuf.describe()} -> handle ${handle} (bo#${bo.id})`,
+      { device: this.fn.name, pid: f.proc.pid, handle, bo: bo.id, ino: dmabuf.ino },
+    );
+  }
+
+  /**
+   * Validating an imported BO: GTT is its only domain (anything else → -EINVAL). Bound already →
+   * nothing; else the attachment is mapped (the resv, shared with the dma-buf, is held) and the
+   * table kept as `ttm->sg`: this is where the exporter decides (migrates, refuses with its errno).
+   * models ttm_bo_validate() → amdgpu_ttm_backend_bind() for a TTM_TT_FLAG_EXTERNAL BO
+   */
+  #importBind(bo: GpuBo, domain: number, why: string): DbResult {
+    if (!(domain & AMDGPU_GEM_DOMAIN_GTT))
+      return dbErr("EINVAL", `${bo.describe()} is imported: ${domainText(domain)} is not allowed`);
+    if (bo.ttmSg) return kok();
+    const a = bo.import_attach;
+    if (!a) throw new KernelBug(`${bo.describe()}: an imported BO without an attachment`);
+    const m = dmaBufMapAttachment(a, "bidirectional");
+    if (!m.ok) {
+      this.#emit(
+        "gpu:import_map",
+        `${this.name}: binding bo#${bo.id} (${why}) failed: ${a.dmabuf.exp_name} map said -${m.errno}${m.reason ? ` (${m.reason})` : ""}`,
+        { device: this.fn.name, bo: bo.id, errno: m.errno },
+      );
+      return m;
+    }
+    bo.ttmSg = m.value;
+    bo.placement = "gtt";
+    bo.importMaps++;
+    if (this.sys.trace.enabled) {
+      const entries = this.#segments(m.value);
+      this.#emit(
+        "gpu:import_map",
+        `${this.name}: bo#${bo.id} bound (${why}): ${entries.map((e) => `${hex(e.dma)}+${hex(e.len)} ${e.kind}`).join(", ")}`,
+        { device: this.fn.name, bo: bo.id, maps: bo.importMaps, entries },
+      );
+    }
+    return kok();
+  }
+
+  // models amdgpu_ttm_backend_unbind() for an imported BO: the table goes back to the exporter
+  #importUnbind(bo: GpuBo): void {
+    const a = bo.import_attach;
+    const sgt = bo.ttmSg;
+    if (!a || !sgt) return;
+    dmaBufUnmapAttachment(a, sgt, "bidirectional");
+    bo.ttmSg = null;
+    bo.placement = null;
+  }
+
+  /**
+   * The exporter is about to move the buffer (resv held): an imported BO that is bound is
+   * validated into no placement — unbound, its table handed back (the gutting of TTM: this
+   * happens even if the BO is pinned) — and the VMs that map it are told to update their page
+   * tables, so the next use binds (maps) again. Unbound (SYSTEM): nothing to do.
+   * models amdgpu_dma_buf_move_notify()
+   */
+  #importMoveNotify(a: DmaBufAttachment): void {
+    const bo = a.importer_priv as GpuBo;
+    if (!bo.ttmSg) return;
+    this.#importUnbind(bo);
+    bo.vmInvalidations++;
+    this.#emit(
+      "gpu:import_invalidate",
+      `${this.name}: move_notify on ${a.dmabuf.describe()}: bo#${bo.id} unbound, its VM mappings invalidated (re-mapped at the next use)`,
+      { device: this.fn.name, bo: bo.id, invalidations: bo.vmInvalidations },
+    );
+  }
+
+  /**
+   * The end of an imported BO: still bound → unbound under the resv (TTM's teardown), then the
+   * attachment detached and its dma-buf reference dropped.
+   * models drm_prime_gem_destroy() from amdgpu_bo_destroy()
+   */
+  #importDestroy(bo: GpuBo): void {
+    const a = bo.import_attach;
+    if (!a) return;
+    if (bo.ttmSg) {
+      a.dmabuf.resv.lock("ttm_bo_release");
+      try {
+        this.#importUnbind(bo);
+      } finally {
+        a.dmabuf.resv.unlock("ttm_bo_release");
+      }
+    }
+    bo.import_attach = null;
+    dmaBufDetach(a.dmabuf, a);
+    dmaBufPut(a.dmabuf);
+  }
+
+  #segments(sgt: SgTable): EngineSeg[] {
+    return [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
+      dma: s.dma_address as bigint,
+      len: BigInt(s.dma_length),
+      kind: this.sys.dmaAddrKind(this.dmaDev, s.dma_address, sg_dma_is_bus_address(s)),
+    }));
+  }
+
+  // ── the copy engine ────────────────────────────────────────────────────────────────────────
+
+  /**
+   * One SDMA COPY_LINEAR as a submission: a freed BO or a range outside a BO → -EINVAL (model);
+   * every BO reserved at once (as the CS's ww acquire context does, so none can evict another)
+   * and validated as amdgpu_cs_bo_validate does (an imported BO bound: its attachment mapped;
+   * the exporter's errno comes back), then the source read whole and the destination written.
+   * The engine reaches its own VRAM directly (no PCIe), its GTT pages through its DMA mapping of
+   * them (model: mapped for the copy and unmapped after; the kernel keeps the TTM pool mapping
+   * for the BO's life) and an imported BO at the DMA addresses of the attachment's table, each
+   * request routed by the fabric. A fault → -EIO (model: hardware would raise a VM fault or
+   * hang, and amdgpu reset the ring); a write fault may leave part of the destination written.
+   * models amdgpu_cs_ioctl() → amdgpu_cs_parser_bos() + the SDMA engine's copy
+   */
+  sdmaCopy(
+    src: GpuBo,
+    srcOffset: bigint,
+    dst: GpuBo,
+    dstOffset: bigint,
+    length: bigint,
+  ): DbResult<GpuCopyResult> {
+    for (const [bo, off] of [
+      [src, srcOffset],
+      [dst, dstOffset],
+    ] as const) {
+      if (bo.freed) return dbErr("EINVAL", `${bo.describe()} is freed`);
+      const size = bo.importOf?.size ?? bo.size;
+      if (off < 0n || length < 0n || off + length > size)
+        return dbErr(
+          "EINVAL",
+          `copy range [${hex(off)}, ${hex(off + length)}) outside ${bo.describe()}`,
+        );
+    }
+    const bos = src === dst ? [src] : [src, dst];
+    const resvs = [...new Set(bos.map((b) => b.resv))];
+    for (const r of resvs) r.lock("amdgpu_cs_parser_bos");
+    try {
+      for (const bo of bos) {
+        const v = this.#csValidateLocked(bo);
+        if (!v.ok) return this.#copyFail(src, dst, v);
+      }
+      const read = this.#engineAccess(src, srcOffset, length, "to-device", null);
+      if (!read.ok) return this.#copyFail(src, dst, read);
+      const data = read.value.data!;
+      const write = this.#engineAccess(dst, dstOffset, length, "from-device", data);
+      if (!write.ok) return this.#copyFail(src, dst, write);
+      const result: GpuCopyResult = { bytes: length, src: read.value.end, dst: write.value.end };
+      this.#emit(
+        "gpu:copy",
+        `${this.name}: SDMA copy ${length} bytes bo#${src.id}+${hex(srcOffset)} (${result.src.via}) -> bo#${dst.id}+${hex(dstOffset)} (${result.dst.via})`,
+        {
+          device: this.fn.name,
+          src: src.id,
+          dst: dst.id,
+          bytes: length,
+          srcVia: result.src.via,
+          dstVia: result.dst.via,
+          srcKinds: result.src.kinds,
+          dstKinds: result.dst.kinds,
+        },
+      );
+      return kok(result);
+    } finally {
+      for (const r of resvs.reverse()) r.unlock("amdgpu_cs_parser_fini");
+    }
+  }
+
+  #copyFail<T>(src: GpuBo, dst: GpuBo, r: DbResult<T>): DbResult<T> {
+    if (!r.ok)
+      this.#emit(
+        "gpu:copy",
+        `${this.name}: SDMA copy bo#${src.id} -> bo#${dst.id} failed: -${r.errno}${r.reason ? ` (${r.reason})` : ""}`,
+        { device: this.fn.name, src: src.id, dst: dst.id, errno: r.errno },
+      );
+    return r;
+  }
+
+  /**
+   * The engine reads (`data` null) or writes `length` bytes at `offset` of a validated BO: VRAM
+   * directly, GTT through a DMA mapping of its pages for this device, an import through the
+   * bound table.
+   */
+  #engineAccess(
+    bo: GpuBo,
+    offset: bigint,
+    length: bigint,
+    dir: DmaDirection,
+    data: Uint8Array | null,
+  ): DbResult<{ end: GpuCopyEnd; data?: Uint8Array }> {
+    if (bo.placement === "vram") {
+      const out = data ? undefined : new Uint8Array(Number(length));
+      this.#cpuRange(bo, offset, length, (phys, at, n) => {
+        if (data) this.sys.memory.write(phys, data.subarray(at, at + n));
+        else out!.set(this.sys.memory.read(phys, n), at);
+      });
+      return kok({ end: { via: "vram", kinds: [] }, ...(out ? { data: out } : {}) });
+    }
+    let segs: EngineSeg[];
+    let done = (): void => {};
+    let via: GpuCopyEnd["via"];
+    if (bo.importOf) {
+      if (!bo.ttmSg) throw new KernelBug(`${bo.describe()}: copy from an unbound import`);
+      segs = this.#segments(bo.ttmSg);
+      via = "import";
+    } else if (bo.placement === "gtt") {
+      const t = sg_alloc_table_from_pages(bo.gttPages, 0, bo.size, {
+        name: `${this.name} bo#${bo.id} GTT pages for the copy engine`,
+      });
+      if (!t.ok) return t;
+      const dev = this.dmaDev;
+      const m = this.sys.dma.mapSgtable(dev, t.value, dir);
+      if (!m.ok) {
+        sg_free_table(t.value);
+        return dbErr(m.errno, `mapping bo#${bo.id}'s GTT pages for ${dev.name}: ${m.errno}`);
+      }
+      segs = this.#segments(t.value);
+      done = () => {
+        this.sys.dma.unmapSgtable(dev, t.value, dir);
+        sg_free_table(t.value);
+      };
+      via = "gtt";
+    } else throw new KernelBug(`${bo.describe()}: copy on a BO with no placement`);
+    try {
+      const out = data ? undefined : new Uint8Array(Number(length));
+      const fault = this.#dmaRange(segs, offset, length, data, out);
+      if (fault)
+        return dbErr(
+          "EIO",
+          `${this.name} ${data ? "write to" : "read from"} bo#${bo.id} faulted at 0x${fault.address.toString(16)}: ${fault.reason} (at ${fault.at})`,
+        );
+      const kinds = [...new Set(segs.map((s) => s.kind))];
+      return kok({ end: { via, kinds }, ...(out ? { data: out } : {}) });
+    } finally {
+      done();
+    }
+  }
+
+  /** DMA through the fabric over `segs` from byte `offset`: writes `data`, or reads into `out`. */
+  #dmaRange(
+    segs: readonly EngineSeg[],
+    offset: bigint,
+    length: bigint,
+    data: Uint8Array | null,
+    out: Uint8Array | undefined,
+  ): DmaFault | null {
+    const dev = this.dmaDev;
+    let pos = 0n;
+    let done = 0n;
+    for (const s of segs) {
+      if (done >= length) break;
+      const end = pos + s.len;
+      const at = offset + done;
+      if (at >= end) {
+        pos = end;
+        continue;
+      }
+      const within = at - pos;
+      // biome-ignore lint/complexity/useMathMinMax: bigints
+      const n = length - done < s.len - within ? length - done : s.len - within;
+      const lo = Number(done);
+      const hi = Number(done + n);
+      if (data) {
+        const r = this.sys.deviceWrite(dev, s.dma + within, data.subarray(lo, hi));
+        if (!r.ok) return r.fault;
+      } else {
+        const r = this.sys.fabric.dmaRead(dev.fn, s.dma + within, hi - lo);
+        if (!r.ok) return r.fault;
+        out!.set(r.data!, lo);
+      }
+      done += n;
+      pos = end;
+    }
+    if (done < length)
+      throw new KernelBug(`${this.name}: the DMA table covers ${done} of ${length} bytes`);
+    return null;
+  }
+
   // ── leaks ──────────────────────────────────────────────────────────────────────────────────
 
   /** Open device files, BOs still allocated (with why), tables handed out, resv locks held. */
@@ -1564,6 +2070,28 @@ export class GpuDevice implements LeakSource {
     }
     return out;
   }
+}
+
+/** One DMA segment the copy engine uses, and what kind of address it is. */
+interface EngineSeg {
+  readonly dma: bigint;
+  readonly len: bigint;
+  readonly kind: DmaAddrKind;
+}
+
+/** How the copy engine reached one side of a copy. */
+export interface GpuCopyEnd {
+  /** Its own VRAM (no PCIe), its GTT pages, or an imported buffer (both by DMA through the fabric). */
+  readonly via: "vram" | "gtt" | "import";
+  /** The kinds of DMA address used (none for VRAM). */
+  readonly kinds: readonly DmaAddrKind[];
+}
+
+/** What `GpuFile.copy` / `GpuDevice.sdmaCopy` did. */
+export interface GpuCopyResult {
+  readonly bytes: bigint;
+  readonly src: GpuCopyEnd;
+  readonly dst: GpuCopyEnd;
 }
 
 /** `dma_buf_ops` with mutable members while it is built. */
