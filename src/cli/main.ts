@@ -11,6 +11,7 @@ import { explainPair } from "../core/analysis/p2p.ts";
 import { buildTree } from "../core/analysis/tree.ts";
 import { CPU_PRESETS } from "../core/kernel/pci/pci-view.ts";
 import { PROFILES } from "../core/kernel/profile.ts";
+import { compatCommand } from "./commands/compat.ts";
 import { loadScenario, run } from "./commands/run.ts";
 import { completionScript } from "./completion.ts";
 import { IOMMU_CHOICES, loadContext, resolveDevice, type WhatIf } from "./context.ts";
@@ -162,6 +163,8 @@ export function buildProgram(): Command {
       writeOut(renderMatrix(m, o.view, colors(o.color), names));
       for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
     });
+
+  compatCommand(common(program.command("compat")));
 
   common(program.command("explain"))
     .description(

@@ -12,7 +12,7 @@ import { dmaBufIsDynamic } from "../kernel/dma-buf/dma-buf.ts";
 import { O_CLOEXEC, O_RDONLY, O_RDWR, O_WRONLY } from "../kernel/dma-buf/file.ts";
 import type { DbErrno } from "../kernel/dma-buf/result.ts";
 import { SysmemExporter } from "../kernel/dma-buf/sysmem-exporter.ts";
-import type { AccelDevice, HlDmabufPriv } from "../kernel/drivers/accel.ts";
+import type { AccelDevice, AccelImport, HlDmabufPriv } from "../kernel/drivers/accel.ts";
 import {
   hostMrRead,
   hostMrWrite,
@@ -79,6 +79,13 @@ type Binding =
       readonly m: SimMachine;
       readonly imp: Import;
       readonly importer: KernelImporter;
+    }
+  | {
+      readonly kind: "accel-import";
+      readonly m: SimMachine;
+      readonly p: SimProcess;
+      readonly fd: number;
+      readonly imp: AccelImport;
     }
   | {
       readonly kind: "ctx";
@@ -400,6 +407,51 @@ class Runner {
         b.p.vfioMemory(b.fd, s.enable);
         return { summary: `memory decode ${s.enable ? "on" : "off"}` };
       }
+      case "gpu-import": {
+        const g = this.get(s.fd, "fd");
+        const b = this.get(s.buf, "fd");
+        if (b.p !== g.p)
+          throw new SimUsageError(`"${s.buf}" is an fd of ${b.p.name}, not of ${g.p.name}`);
+        const handle = g.p.gpuImport(g.fd, b.fd);
+        const size = g.p.dmabuf(b.fd).size;
+        this.bind(s, { kind: "bo", m: g.m, p: g.p, fd: g.fd, handle, size });
+        return { summary: `GEM handle ${handle} for ${g.p.dmabuf(b.fd).describe()}` };
+      }
+      case "gpu-copy": {
+        const g = this.get(s.fd, "fd");
+        const src = this.get(s.src, "bo");
+        const dst = this.get(s.dst, "bo");
+        const r = g.p.gpuCopy(g.fd, src.handle, dst.handle, s.length);
+        const kinds = [...new Set([...r.src.kinds, ...r.dst.kinds])];
+        return {
+          summary: `SDMA copied ${r.bytes} bytes: ${r.src.via} -> ${r.dst.via}`,
+          bytes: r.bytes,
+          segments: kinds.map((kind) => ({ kind })),
+        };
+      }
+      case "accel-import": {
+        const a = this.get(s.fd, "fd");
+        const b = this.get(s.buf, "fd");
+        if (b.p !== a.p)
+          throw new SimUsageError(`"${s.buf}" is an fd of ${b.p.name}, not of ${a.p.name}`);
+        const imp = a.p.accelImport(a.fd, b.fd);
+        this.bind(s, { kind: "accel-import", m: a.m, p: a.p, fd: a.fd, imp });
+        return {
+          summary: `import #${imp.id} of ${imp.dmabuf.describe()}`,
+          peer2peer: imp.attach.peer2peer,
+        };
+      }
+      case "accel-copy": {
+        const a = this.get(s.fd, "fd");
+        const imp = this.get(s.import, "accel-import");
+        const mem = this.get(s.mem, "mem");
+        const r = a.p.accelCopy(a.fd, imp.imp, mem.va, s.length, s.direction);
+        return {
+          summary: `DMA engine copied ${r.bytes} bytes (${s.direction})`,
+          bytes: r.bytes,
+          segments: [...new Set(r.kinds)].map((kind) => ({ kind })),
+        };
+      }
       case "gpu-evict": {
         const gpu =
           s.device !== undefined
@@ -455,6 +507,7 @@ function article(kind: Binding["kind"]): string {
     mr: "a memory region",
     qp: "a queue pair",
     bo: "a GPU buffer object",
+    "accel-import": "an accelerator import",
   };
   return n[kind];
 }

@@ -221,6 +221,31 @@ const stepSchema = z.discriminatedUnion("do", [
     ...base,
   }),
   z.strictObject({
+    do: z.literal("gpu-import"),
+    fd: name,
+    /** A dma-buf fd of the same process. */
+    buf: name,
+    ...base,
+  }),
+  z.strictObject({
+    do: z.literal("gpu-copy"),
+    fd: name,
+    src: name,
+    dst: name,
+    length: size,
+    ...base,
+  }),
+  z.strictObject({ do: z.literal("accel-import"), fd: name, buf: name, ...base }),
+  z.strictObject({
+    do: z.literal("accel-copy"),
+    fd: name,
+    import: name,
+    mem: name,
+    length: size,
+    direction: z.enum(["hbm-to-import", "import-to-hbm"]),
+    ...base,
+  }),
+  z.strictObject({
     do: z.literal("gpu-evict"),
     /** The GPU (renderD128, a BDF); default the machine's first GPU. */
     device: z.string().optional(),
@@ -338,7 +363,22 @@ export function parseScenario(file: string, text: string): Scenario {
   const withLines: ScenarioStep[] = doc.steps.map((s, i) => {
     const l = loc(["steps", i], "");
     const refs: [string, string][] = [];
-    for (const k of ["fd", "mem", "bo", "import", "ctx", "mr", "qp", "a", "b", "local", "remote"])
+    for (const k of [
+      "fd",
+      "mem",
+      "bo",
+      "buf",
+      "src",
+      "dst",
+      "import",
+      "ctx",
+      "mr",
+      "qp",
+      "a",
+      "b",
+      "local",
+      "remote",
+    ])
       if (k in s) refs.push([k, (s as unknown as Record<string, string>)[k]!]);
     for (const [k, v] of refs)
       if (!bound.has(v))

@@ -34,7 +34,9 @@ import {
 import type { DbErrno, DbResult } from "../kernel/dma-buf/result.ts";
 import { SysmemExporter } from "../kernel/dma-buf/sysmem-exporter.ts";
 import {
+  type AccelCopyResult,
   AccelDevice,
+  type AccelImport,
   type AccelOptions,
   HL_MEM_OP_ALLOC,
   HL_MEM_OP_EXPORT_DMABUF_FD,
@@ -45,6 +47,7 @@ import {
 import {
   AMDGPU_GEM_DOMAIN_GTT,
   AMDGPU_GEM_DOMAIN_VRAM,
+  type GpuCopyResult,
   GpuDevice,
   type GpuFile,
   type GpuOptions,
@@ -307,9 +310,13 @@ export class SimMachine implements LeakSource {
     return leakReport(sources);
   }
 
-  /** Unload in-kernel importers and kill every process still running (end of a scenario). */
+  /**
+   * Unload in-kernel importers, drop the accelerators' imports (they belong to the driver, not to
+   * a process) and kill every process still running (end of a scenario).
+   */
   shutdown(): void {
     for (const imp of this.#importers) imp.unload();
+    for (const a of this.accels.values()) for (const i of [...a.imports]) a.releaseImport(i);
     for (const p of this.#procs.values()) if (!p.exited) p.exit();
   }
 }
@@ -436,6 +443,16 @@ export class SimProcess implements LeakSource {
     return out;
   }
 
+  /** DRM_IOCTL_PRIME_FD_TO_HANDLE: a dma-buf fd of this process imported on the GPU. */
+  gpuImport(fd: number, dmabufFd: number): number {
+    return must(this.gpuFile(fd).importFd(dmabufFd), "PRIME_FD_TO_HANDLE");
+  }
+
+  /** A copy job on the GPU's SDMA engine between two GEM handles of `fd`. */
+  gpuCopy(fd: number, src: number, dst: number, length: bigint): GpuCopyResult {
+    return must(this.gpuFile(fd).copy(src, 0n, dst, 0n, length), "AMDGPU_CS (SDMA copy)");
+  }
+
   /** The open render node behind `fd`. */
   gpuFile(fd: number): GpuFile {
     const f = this.#gpuFiles.get(fd);
@@ -496,6 +513,22 @@ export class SimProcess implements LeakSource {
     const c = this.#ibv.get(fd);
     if (!c) throw new ErrnoError("EBADF", `fd ${fd} is not an open uverbs device`, "ibv");
     return c;
+  }
+
+  /** The accelerator imports the dma-buf behind `dmabufFd` (a model: habanalabs cannot). */
+  accelImport(fd: number, dmabufFd: number): AccelImport {
+    return must(this.#accel(fd).importDmabuf(this.proc, dmabufFd), "accel import");
+  }
+
+  /** A DMA engine job between HBM at device VA `va` and an import. */
+  accelCopy(
+    fd: number,
+    imp: AccelImport,
+    va: bigint,
+    length: bigint,
+    dir: "hbm-to-import" | "import-to-hbm",
+  ): AccelCopyResult {
+    return must(this.#accel(fd).dmaCopy(imp, 0n, va, length, dir), "accel DMA copy");
   }
 
   /** HL_MEM_OP_UNMAP of a device VA. */
