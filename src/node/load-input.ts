@@ -9,6 +9,7 @@ import { basename } from "node:path";
 import { gunzipSync } from "node:zlib";
 import Bunzip from "seek-bzip";
 import { InputError } from "../core/errors.ts";
+import { bunzipBounded, isBzip2 } from "../core/formats/bunzip.ts";
 import { parseTextInput } from "../core/formats/detect.ts";
 import { loadSysfs } from "../core/formats/sysfs.ts";
 import { isTar, snapshotFromTar } from "../core/formats/tar.ts";
@@ -81,42 +82,10 @@ export function decompress(file: string, bytes: Uint8Array, limit = unpackLimit(
       throw new InputError({ file }, `corrupt gzip data (${(e as Error).message})`);
     }
   }
-  if (bytes[0] === 0x42 && bytes[1] === 0x5a && bytes[2] === 0x68) {
-    const chunks: Uint8Array[] = [];
-    let cur = new Uint8Array(1 << 20);
-    let pos = 0;
-    let total = 0;
-    const out = {
-      writeByte(b: number) {
-        if (pos === cur.length) {
-          chunks.push(cur);
-          cur = new Uint8Array(1 << 20);
-          pos = 0;
-        }
-        cur[pos++] = b;
-        if (++total > limit)
-          throw new InputError(
-            { file },
-            `decompresses to more than ${limit} bytes; refusing it (decompression bomb?)`,
-            "input-too-large",
-          );
-      },
-    };
-    try {
-      Bunzip.decode(bytes, out, true);
-    } catch (e) {
-      if (e instanceof InputError) throw e;
-      throw new InputError({ file }, `corrupt bzip2 data (${String((e as Error).message ?? e)})`);
-    }
-    chunks.push(cur.subarray(0, pos));
-    const all = new Uint8Array(total);
-    let o = 0;
-    for (const c of chunks) {
-      all.set(c, o);
-      o += c.length;
-    }
-    return all;
-  }
+  if (isBzip2(bytes))
+    return bunzipBounded(file, bytes, limit, (input, out, multi) =>
+      Bunzip.decode(input, out, multi),
+    );
   return bytes;
 }
 

@@ -288,6 +288,20 @@ describe("page: files, examples and scenarios", { skip: skipBrowser }, () => {
     }
   });
 
+  test("a dropped hwloc-gather-topology .tar.bz2 loads as on the command line", async () => {
+    if (skipReal) return;
+    const file = real("hwloc-tests/32em64t-2n8c+dax+nvme+mic+dimms.tar.bz2");
+    const desc = await loadInput([file]);
+    await drop("gathered.tar.bz2", readFileSync(file));
+    await page.waitForSelector('#app[data-machine="gathered.tar.bz2"][data-state="ready"]');
+    assert.equal(
+      await page.getAttribute('[data-topology="main"] svg.topo-svg', "data-functions"),
+      String(desc.functions.length),
+      "the same functions as loadInput",
+    );
+    assert.equal(await page.locator("[data-error]").isVisible(), false, "no error shown");
+  });
+
   test("a dropped sysfs tarball (Linux 6.1 capture): IOMMU and ACS what-ifs as the core says", async () => {
     const file = `${REPO}test/fixtures/kernel-oracle/switch_acs_dsp_iommu/sysfs.tar.gz`;
     const m = buildMachine(await loadInput([file]));

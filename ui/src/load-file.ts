@@ -1,11 +1,14 @@
 /**
  * Loading dropped or picked files in the browser, like the CLI's node/load-input.ts: gzip is
- * inflated with the browser's DecompressionStream (with a size limit), tarballs become a sysfs
+ * inflated with the browser's DecompressionStream and bzip2 with seek-bzip (both with a size
+ * limit; hwloc-gather-topology writes .tar.bz2), tarballs become a sysfs
  * snapshot, text goes to the core's sniffer and parsers. Several lspci files of one machine
  * combine, as on the command line.
  */
 
+/// <reference path="../../src/node/seek-bzip.d.ts" />
 import { InputError } from "../../src/core/errors.ts";
+import { bunzipBounded, isBzip2 } from "../../src/core/formats/bunzip.ts";
 import { parseTextInput } from "../../src/core/formats/detect.ts";
 import { loadSysfs } from "../../src/core/formats/sysfs.ts";
 import { isTar, snapshotFromTar } from "../../src/core/formats/tar.ts";
@@ -14,6 +17,26 @@ import type { MachineDescription } from "../../src/core/hw/machine.ts";
 /** Largest file read (256 MiB) and largest decompressed archive (1 GiB): a browser tab's budget. */
 export const MAX_FILE_BYTES = 256 * 1024 * 1024;
 export const MAX_UNPACKED_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * seek-bzip allocates its small work arrays with `new Buffer(n)` and reads a block magic with
+ * `toString("hex")`; a Uint8Array that can do that is all it needs in a browser.
+ */
+class ByteBuffer extends Uint8Array {
+  override toString(encoding?: string): string {
+    if (encoding !== "hex") return super.toString();
+    let s = "";
+    for (const b of this) s += b.toString(16).padStart(2, "0");
+    return s;
+  }
+}
+
+async function bunzip(file: string, bytes: Uint8Array, limit: number): Promise<Uint8Array> {
+  const g = globalThis as { Buffer?: unknown };
+  g.Buffer ??= ByteBuffer;
+  const { default: Bunzip } = await import("seek-bzip");
+  return bunzipBounded(file, bytes, limit, (input, out, multi) => Bunzip.decode(input, out, multi));
+}
 
 async function gunzip(file: string, bytes: Uint8Array, limit: number): Promise<Uint8Array> {
   const stream = new Blob([bytes as BlobPart])
@@ -69,7 +92,7 @@ export async function readPicked(files: readonly File[]): Promise<PickedFile[]> 
   return out;
 }
 
-/** Any input the CLI reads that a browser can: text formats, tar, tar.gz. */
+/** Any input the CLI reads: text formats, tar, tar.gz, tar.bz2. */
 export async function loadFiles(files: readonly PickedFile[]): Promise<MachineDescription> {
   if (files.length === 0) throw new InputError({ file: "(none)" }, "no file given");
   const texts: { file: string; text: string }[] = [];
@@ -77,12 +100,7 @@ export async function loadFiles(files: readonly PickedFile[]): Promise<MachineDe
     let bytes = f.bytes;
     if (bytes[0] === 0x1f && bytes[1] === 0x8b)
       bytes = await gunzip(f.name, bytes, MAX_UNPACKED_BYTES);
-    else if (bytes[0] === 0x42 && bytes[1] === 0x5a && bytes[2] === 0x68)
-      throw new InputError(
-        { file: f.name },
-        "bzip2 archives cannot be opened in the browser: decompress it first (bunzip2), or start the server with peerbuf serve --input FILE",
-        "input-unsupported",
-      );
+    else if (isBzip2(bytes)) bytes = await bunzip(f.name, bytes, MAX_UNPACKED_BYTES);
     if (isTar(bytes)) {
       if (files.length > 1)
         throw new InputError({ file: f.name }, "a capture archive must be the only input");
