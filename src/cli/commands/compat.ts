@@ -33,12 +33,12 @@ export function compatCommand(cmd: Command): Command {
     )
     .option(
       "--exporter <name>",
-      "only this exporter: BDF, accel0/gpu1/..., a name fragment, or host",
+      "only this exporter: BDF, accel0/gpu1/..., a name fragment, host (system heap) or host-udmabuf (memfd)",
     )
     .addOption(
       new Option(
         "--importer-mode <mode>",
-        "dynamic: P2P-capable importers with move_notify (RDMA ODP MRs on RDMA NICs); static: dma_buf_attach",
+        "dynamic: each driver's own import (RDMA MRs on NICs, amdgpu PRIME + SDMA copy on GPUs, the accelerator import model), P2P-capable generic importers with move_notify elsewhere; static: dma_buf_attach on every device",
       )
         .choices(["dynamic", "static"])
         .default("dynamic"),
@@ -116,7 +116,7 @@ export async function runCompat(o: CompatCliOptions): Promise<void> {
     });
   else {
     const names = new Map<string, string>();
-    for (const d of [...r.exporters, ...r.importers])
+    for (const d of [...r.exporters, ...r.importers, ...r.notExporting])
       if (d.bdf) names.set(d.bdf, label(ctx, d.bdf).label ?? "");
     writeOut(renderCompat(r, colors(o.color), names));
     for (const u of ctx.desc.unknowns ?? []) log(`note: unknown: ${u}`);
@@ -125,9 +125,11 @@ export async function runCompat(o: CompatCliOptions): Promise<void> {
     log(`peerbuf: internal: the compat run left behind ${l.kind} (${l.owner}): ${l.detail}`);
 }
 
-/** `host`, or the BDF of the device the user named (checked against the exporters later). */
+/** `host`, `host-udmabuf`, or the BDF of the device the user named (checked against the exporters later). */
 function exporterName(ctx: Context, text: string): string {
-  if (text.toLowerCase() === "host") return "host";
+  const t = text.toLowerCase();
+  // the analysis module is loaded lazily: its HOST and HOST_UDMABUF, spelled out
+  if (t === "host" || t === "host-udmabuf") return t;
   return resolveDevice(ctx, text).name;
 }
 

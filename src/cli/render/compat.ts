@@ -2,7 +2,8 @@
  * @module render/compat
  * Text rendering of the exporter × importer matrix (`peerbuf compat`): one short code per cell,
  * `peerbuf matrix` style, the legend always printed, then the refusals grouped by exporter and
- * errno, the faults one per line, and what each row and column is.
+ * errno, the faults one per line, what each row and column is, and the devices that are not rows
+ * (no exporter model for their driver, or the kernel refused the export: vfio-pci on 6.1).
  */
 
 import type { CompatCell, CompatOutcome, CompatResult } from "../../core/analysis/compat.ts";
@@ -28,7 +29,10 @@ export function renderCompat(r: CompatResult, c: Colors, names: Map<string, stri
   const byPair = new Map(r.cells.map((x) => [`${x.exporter}|${x.importer}`, x]));
   const cols = r.importers.map((d) => d.name);
   const rows = r.exporters.map((d) => d.name);
-  const w = Math.max(4, ...cols.map((l) => l.length), ...rows.map((l) => l.length)) + 1;
+  // row labels and columns sized apart: `host-udmabuf` must not widen every column
+  const rw = Math.max(4, ...rows.map((l) => l.length)) + 1;
+  const w = Math.max(4, ...cols.map((l) => l.length)) + 1;
+  const lw = Math.max(rw, w);
   const paint: Readonly<Record<CompatOutcome, (s: string) => string>> = {
     "bus-address": c.green,
     iommu: c.green,
@@ -42,10 +46,10 @@ export function renderCompat(r: CompatResult, c: Colors, names: Map<string, stri
       `${r.machine}: kernel ${r.kernel}, IOMMU ${r.iommu}, ${r.importerMode} importers${r.moveNotify ? ", CONFIG_DMABUF_MOVE_NOTIFY=y" : ""}, ${sizeText(r.bufferSize)} buffers`,
     ),
     "",
-    `${"".padEnd(w)}${cols.map((l) => l.padStart(w)).join("")}`,
+    `${"".padEnd(rw)}${cols.map((l) => l.padStart(w)).join("")}`,
   ];
   for (const e of r.exporters) {
-    let row = e.name.padEnd(w);
+    let row = e.name.padEnd(rw);
     for (const i of r.importers) {
       const cell = byPair.get(`${e.name}|${i.name}`);
       row += cell ? paint[cell.outcome](cellCode(cell).padStart(w)) : c.dim("X".padStart(w));
@@ -87,18 +91,27 @@ export function renderCompat(r: CompatResult, c: Colors, names: Map<string, stri
   lines.push("Exporters:");
   for (const d of r.exporters)
     lines.push(
-      `  ${d.name.padEnd(w)} ${d.bdf ?? "".padEnd(12)}  ${d.how}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
+      `  ${d.name.padEnd(lw)} ${d.bdf ?? "".padEnd(12)}  ${d.how}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
     );
-  if (r.notExporting.length > 0)
+  const refusing = r.notExporting.filter((d) => d.modelled);
+  const unmodelled = r.notExporting.filter((d) => !d.modelled);
+  if (unmodelled.length > 0)
     lines.push(
       c.dim(
-        `  (not modelled as exporters: ${r.notExporting.map((d) => `${d.name} (${d.how})`).join(", ")}; the model has habanalabs-style accelerator and amdgpu-style GPU exporters)`,
+        `  (not modelled as exporters: ${unmodelled.map((d) => `${d.name} (${d.how})`).join(", ")}; the model has habanalabs-style accelerator, amdgpu-style GPU and vfio-pci exporters)`,
       ),
     );
+  if (refusing.length > 0) {
+    lines.push(`Not exporting (kernel ${r.kernel}; no buffer, so no row):`);
+    for (const d of refusing)
+      lines.push(
+        `  ${d.name.padEnd(lw)} ${d.bdf ?? "".padEnd(12)}  ${d.how}: ${d.reason}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
+      );
+  }
   lines.push("Importers:");
   for (const d of r.importers)
     lines.push(
-      `  ${d.name.padEnd(w)} ${d.bdf}  ${d.how}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
+      `  ${d.name.padEnd(lw)} ${d.bdf}  ${d.how}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
     );
   return lines.join("\n");
 }

@@ -10,7 +10,7 @@
 
 import type { DmaFault } from "../hw/fabric.ts";
 import type { PciFunction } from "../hw/machine.ts";
-import { type DmaDevice, dmaSetMaskAndCoherent } from "../kernel/dma/device.ts";
+import { DMA_BIT_MASK, type DmaDevice, dmaSetMaskAndCoherent } from "../kernel/dma/device.ts";
 import {
   type DmaBufAttachment,
   dmaBufDetach,
@@ -76,7 +76,9 @@ export class KernelImporter implements LeakSource {
     this.machine = machine;
     this.fn = fn;
     this.dev = machine.sys.device(fn);
-    if (opts.dma64 ?? true) dmaSetMaskAndCoherent(this.dev, 64);
+    // the device's driver may have set its mask already (amdgpu: 44 bits): keep it
+    if ((opts.dma64 ?? true) && this.dev.dmaMask === DMA_BIT_MASK(32))
+      dmaSetMaskAndCoherent(this.dev, 64);
     this.dynamic = opts.dynamic ?? true;
     this.allowPeer2peer = this.dynamic && (opts.allowPeer2peer ?? true);
   }

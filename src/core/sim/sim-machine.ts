@@ -214,7 +214,12 @@ export class SimMachine implements LeakSource {
       this.sys.machine.byBdf(full.toLowerCase()) ??
       this.sys.machine.functions.find((x) => x.desc.osDevices?.includes(name));
     if (!f) {
-      const known = [...this.accels.keys(), ...this.gpus.keys(), ...this.nics.keys()].join(", ");
+      const known = [
+        ...this.accels.keys(),
+        ...this.gpus.keys(),
+        ...this.vfio.keys(),
+        ...this.nics.keys(),
+      ].join(", ");
       throw new SimUsageError(
         `${this.name}: no device "${name}" (bound devices: ${known || "none"})`,
       );
@@ -305,6 +310,7 @@ export class SimMachine implements LeakSource {
       this.core,
       ...this.accels.values(),
       ...this.gpus.values(),
+      ...this.vfio.values(),
     ];
     sources.push(...this.nics.values(), ...this.#importers, ...this.#heaps, ...this.processes);
     return leakReport(sources);
