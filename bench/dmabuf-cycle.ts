@@ -19,7 +19,6 @@
 import type { IommuMode } from "../src/core/hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../src/core/kernel/dma/device.ts";
 import {
-  type DmaBufAttachOps,
   dmaBufDetach,
   dmaBufDynamicAttach,
   dmaBufMapAttachmentUnlocked,
@@ -46,8 +45,8 @@ import { leakReport } from "../src/core/kernel/leaks.ts";
 import { for_each_sgtable_dma_sg, type SgTable } from "../src/core/kernel/lib/scatterlist.ts";
 import { PROFILES } from "../src/core/kernel/profile.ts";
 import { System } from "../src/core/kernel/system.ts";
-import { topo } from "../test/support/topology.ts";
-import { gc, median } from "./isolate.ts";
+import { habanalabs, MLX5, P2P_IMPORTER, rootPortMachine } from "../test/support/beds.ts";
+import { type Fail, failer, gc, median } from "./isolate.ts";
 import type { BenchResult } from "./run.ts";
 
 const NAME = "dmabuf-map-cycle-2MiB";
@@ -67,15 +66,7 @@ const ROUND_MS = 60;
 /** What `cycle`'s `lap` accumulates, in order. */
 const PHASES = ["export+get", "attach", "map", "unmap", "detach", "put+close"] as const;
 
-const IMPORTER: DmaBufAttachOps = { allow_peer2peer: true, move_notify: () => {} };
-
-function fail(what: string, r?: { ok: boolean }): never {
-  const detail =
-    r && !r.ok
-      ? `: ${JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v))}`
-      : "";
-  throw new Error(`${NAME}: ${what}${detail}`);
-}
+const fail: Fail = failer(NAME);
 
 interface Bed {
   readonly sys: System;
@@ -94,25 +85,12 @@ interface Bed {
 }
 
 function bed(iommu: IommuMode): Bed {
-  const sys = new System(
-    topo()
-      .hostFn("00:00.0", "8086:09a2")
-      .rootPort("00:01.0")
-      .ep(ACCEL, {
-        parent: "00:01.0",
-        id: "1da3:1020",
-        driver: "habanalabs",
-        bars: [
-          { index: 0, start: 0x90_0000_0000n, size: MiB },
-          { index: 2, start: BAR, size: BAR_SIZE },
-        ],
-      })
-      .rootPort("00:02.0")
-      .ep(NIC, { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-      .iommu(iommu)
-      .build(),
-    { profile: "mainline" },
-  );
+  // the accelerator at 01:00.0 (ACCEL) and the NIC at 02:00.0 (NIC), each behind its root port
+  const machine = rootPortMachine([habanalabs(BAR, BAR_SIZE), MLX5], {
+    hostId: "8086:09a2",
+    iommu,
+  });
+  const sys = new System(machine, { profile: "mainline" });
   const core = new DmaBufCore({ profile: PROFILES.mainline });
   const hl = new AccelDevice(sys, core, ACCEL);
   const proc = new Process("bench");
@@ -144,7 +122,7 @@ function bed(iommu: IommuMode): Bed {
     const d = dmaBufGet(proc, e.value.fd);
     if (!d.ok) fail("dma_buf_get", d);
     tick(0);
-    const at = dmaBufDynamicAttach(d.value, nic, IMPORTER);
+    const at = dmaBufDynamicAttach(d.value, nic, P2P_IMPORTER);
     if (!at.ok) fail("dma_buf_dynamic_attach", at);
     tick(1);
     const sgt = dmaBufMapAttachmentUnlocked(at.value, "bidirectional");

@@ -26,3 +26,17 @@ export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
 }
+
+/** Ends a benchmark whose check failed. */
+export type Fail = (what: string, r?: { ok: boolean }) => never;
+
+/** `fail(what, r)` for benchmark `name`: an Error naming the benchmark, the step and the failed result. */
+export function failer(name: string): Fail {
+  return (what, r) => {
+    const detail =
+      r && !r.ok
+        ? `: ${JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v))}`
+        : "";
+    throw new Error(`${name}: ${what}${detail}`);
+  };
+}

@@ -17,44 +17,37 @@
  */
 import type { PhysAddr } from "../src/core/hw/address.ts";
 import { DmaBufCore } from "../src/core/kernel/dma-buf/dma-buf.ts";
-import { O_CLOEXEC, O_RDWR, Process } from "../src/core/kernel/dma-buf/file.ts";
-import {
-  AccelDevice,
-  HL_MEM_OP_ALLOC,
-  HL_MEM_OP_EXPORT_DMABUF_FD,
-  HL_MEM_OP_MAP,
-} from "../src/core/kernel/drivers/accel.ts";
+import { Process } from "../src/core/kernel/dma-buf/file.ts";
+import { AccelDevice } from "../src/core/kernel/drivers/accel.ts";
 import {
   hostMrWrite,
   IBV_ACCESS_LOCAL_WRITE,
-  IBV_ACCESS_REMOTE_READ,
-  IBV_ACCESS_REMOTE_WRITE,
   kernelMrOf,
   RdmaDevice,
   type WorkCompletion,
 } from "../src/core/kernel/drivers/rdma.ts";
 import { PROFILES } from "../src/core/kernel/profile.ts";
 import { System } from "../src/core/kernel/system.ts";
-import { topo } from "../test/support/topology.ts";
-import { gc, median } from "./isolate.ts";
+import {
+  connectQps,
+  exportAccelMemory,
+  habanalabs,
+  MLX5,
+  RW,
+  rootPortMachine,
+  switchMachine,
+} from "../test/support/beds.ts";
+import { type Fail, failer, gc, median } from "./isolate.ts";
 import type { BenchResult } from "./run.ts";
 
 const NAME = "rdma-write-1GiB-vs-copy";
 const GiB = 1 << 30;
 const GiBn = 1n << 30n;
-const MiB = 1n << 20n;
 const PAGE = 4096;
 const BAR = 0x80_0000_0000n;
 const PASSES = 3;
-const RW = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
 
-function fail(what: string, r?: { ok: boolean }): never {
-  const detail =
-    r && !r.ok
-      ? `: ${JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v))}`
-      : "";
-  throw new Error(`${NAME}: ${what}${detail}`);
-}
+const fail: Fail = failer(NAME);
 
 function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
   if (!r.ok) fail(what, r);
@@ -63,36 +56,14 @@ function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
 
 /** Machine A: accelerator (2 GiB DRAM BAR) and NIC below one switch; B: one NIC. */
 function machines() {
-  const A = new System(
-    topo()
-      .hostFn("00:00.0", "8086:2020")
-      .rootPort("00:01.0")
-      .usp("01:00.0", { parent: "00:01.0" })
-      .dsp("02:00.0", { parent: "01:00.0" })
-      .dsp("02:01.0", { parent: "01:00.0" })
-      .ep("03:00.0", {
-        parent: "02:00.0",
-        id: "1da3:1020",
-        driver: "habanalabs",
-        bars: [
-          { index: 0, start: 0x90_0000_0000n, size: MiB },
-          { index: 2, start: BAR, size: 2n * GiBn },
-        ],
-      })
-      .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-      .iommu("dma")
-      .build(),
-    { profile: "mainline" },
-  );
-  const B = new System(
-    topo()
-      .hostFn("00:00.0", "8086:2020")
-      .rootPort("00:01.0")
-      .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-      .iommu("dma")
-      .build(),
-    { profile: "mainline" },
-  );
+  const a = switchMachine({
+    exporter: habanalabs(BAR, 2n * GiBn),
+    far: null,
+    hostId: "8086:2020",
+    iommu: "dma",
+  });
+  const A = new System(a, { profile: "mainline" });
+  const B = new System(rootPortMachine([MLX5]), { profile: "mainline" });
   return { A, B };
 }
 
@@ -108,25 +79,11 @@ export function benchRdmaWrite(): BenchResult {
 
   // A: 1 GiB of accelerator DRAM, exported as a dma-buf and registered as an MR
   let t = performance.now();
-  const alloc = must(hl.memIoctl(procA, { op: HL_MEM_OP_ALLOC, mem_size: GiBn }), "ALLOC");
-  const map = must(hl.memIoctl(procA, { op: HL_MEM_OP_MAP, handle: alloc.handle }), "MAP");
-  const exp = must(
-    hl.memIoctl(procA, {
-      op: HL_MEM_OP_EXPORT_DMABUF_FD,
-      addr: map.device_virt_addr,
-      mem_size: GiBn,
-      offset: 0n,
-      flags: O_RDWR | O_CLOEXEC,
-    }),
-    "EXPORT_DMABUF_FD",
+  const exp = exportAccelMemory(hl, procA, GiBn);
+  const { ctxA, ctxB, pdA, pdB, qpB } = connectQps(
+    { nic: nicA, proc: procA },
+    { nic: nicB, proc: procB },
   );
-  const ctxA = must(nicA.open(procA), "ibv_open_device A");
-  const ctxB = must(nicB.open(procB), "ibv_open_device B");
-  const pdA = ctxA.allocPd();
-  const pdB = ctxB.allocPd();
-  const qpA = ctxA.createQp(pdA);
-  const qpB = ctxB.createQp(pdB);
-  qpB.connect(qpA);
   const mrA = must(ctxA.regDmabufMr(pdA, 0n, GiBn, 0x5000_0000n, exp.fd, RW), "reg_dmabuf_mr");
   const tRegA = performance.now() - t;
   // B: a 1 GiB host MR filled with the source bytes
@@ -187,12 +144,8 @@ export function benchRdmaWrite(): BenchResult {
   if (!k?.mtt) fail("A's MR has no translation");
   if (k.mtt.some((s) => s.kind !== "iova")) fail("A's MR holds non-IOVA addresses");
   const kb = kernelMrOf(mrB);
-  const pack = hl.idr.get(alloc.handle);
-  if (!pack) fail("the accelerator allocation is gone");
-  const barOf = (off: number): PhysAddr => {
-    const o = BigInt(off);
-    return hl.barAddress(pack.pages[Number(o / pack.page_size)]! + (o % pack.page_size));
-  };
+  if (!hl.idr.get(exp.handle)) fail("the accelerator allocation is gone");
+  const barOf = (off: number): PhysAddr => exp.barOf(BigInt(off));
   let checked = 0;
   for (let off = 0; off < GiB; off += 257 * PAGE) {
     const got = A.memory.read(barOf(off), PAGE);

@@ -211,6 +211,13 @@ export function readAt(
   return out;
 }
 
+/** Bytes of every buffer the contracts export (a multiple of the accelerators' 64 KiB DRAM pages). */
+export const SIZE = 256n << 10n;
+/** Bytes of one DMA probe of a contract. */
+export const PROBE = 64;
+/** Where the contracts probe a buffer: its first, middle and last PROBE bytes. */
+export const PROBES: readonly bigint[] = [0n, SIZE / 2n - BigInt(PROBE / 2), SIZE - BigInt(PROBE)];
+
 /** A probe pattern that differs by seed and position (never all zero). */
 export function pattern(len: number, seed: number): Uint8Array {
   return Uint8Array.from({ length: len }, (_, i) => (seed * 37 + i * 11 + 1) & 0xff || 0xa5);

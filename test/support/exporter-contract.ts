@@ -29,7 +29,18 @@ import { dmaBufPut } from "../../src/core/kernel/dma-buf/file.ts";
 import type { SgTable } from "../../src/core/kernel/lib/scatterlist.ts";
 import type { Import, KernelImporter } from "../../src/core/sim/kernel-importer.ts";
 import { ErrnoError } from "../../src/core/sim/sim-machine.ts";
-import { type Bed, type Cfg, fnOf, importerBdf, j, pattern, same } from "./conformance-bed.ts";
+import {
+  type Bed,
+  type Cfg,
+  fnOf,
+  importerBdf,
+  j,
+  PROBE,
+  PROBES,
+  pattern,
+  SIZE,
+  same,
+} from "./conformance-bed.ts";
 import type { Expect, ExportedBuffer, ExporterFactory } from "./exporters.ts";
 
 export type ExporterRule =
@@ -48,10 +59,7 @@ export interface Violation {
   readonly detail: string;
 }
 
-/** Bytes of every exported buffer (a multiple of the accelerators' 64 KiB DRAM pages). */
-export const SIZE = 256n << 10n;
-const PROBE = 64;
-const PROBES = [0n, SIZE / 2n - BigInt(PROBE / 2), SIZE - BigInt(PROBE)];
+export { SIZE } from "./conformance-bed.ts";
 
 /** What the spy saw of the exporter's ops. */
 interface Spy {

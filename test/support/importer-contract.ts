@@ -19,7 +19,7 @@
 import { explainPair } from "../../src/core/analysis/p2p.ts";
 import { dmaBufMoveNotify } from "../../src/core/kernel/dma-buf/dma-buf.ts";
 import { ErrnoError } from "../../src/core/sim/sim-machine.ts";
-import { bed, type Cfg, fnOf, pattern, same } from "./conformance-bed.ts";
+import { bed, type Cfg, fnOf, PROBE, PROBES, pattern, SIZE, same } from "./conformance-bed.ts";
 import type { ExporterFactory } from "./exporters.ts";
 import type { Imported, ImporterFactory } from "./importers.ts";
 
@@ -30,9 +30,7 @@ export interface ImporterViolation {
   readonly detail: string;
 }
 
-export const SIZE = 256n << 10n;
-const PROBE = 64;
-const PROBES = [0n, SIZE / 2n - BigInt(PROBE / 2), SIZE - BigInt(PROBE)];
+export { SIZE } from "./conformance-bed.ts";
 
 export function checkImporter(
   f: ImporterFactory,

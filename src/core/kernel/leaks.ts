@@ -28,3 +28,19 @@ export function leakReport(sources: Iterable<LeakSource>): Leak[] {
   for (const s of sources) out.push(...s.leaks());
   return out;
 }
+
+/**
+ * `sg-mapping` leaks of an exporter: each table its map_dma_buf handed out that no unmap_dma_buf
+ * took back. `of(t)`, when given, names what the table maps (`bo#3 (vram)`).
+ */
+export function unmappedTableLeaks<T extends { readonly name: string; readonly nents: number }>(
+  owner: string,
+  tables: Iterable<T>,
+  of?: (t: T) => string,
+): Leak[] {
+  return [...tables].map((t) => ({
+    kind: "sg-mapping",
+    owner,
+    detail: `${t.name}: ${t.nents} DMA segment(s)${of ? ` of ${of(t)}` : ""} handed out by map_dma_buf and never unmapped`,
+  }));
+}

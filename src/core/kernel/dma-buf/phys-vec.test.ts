@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { topo } from "../../../../test/support/topology.ts";
+import { P2P_IMPORTER, switchMachine } from "../../../../test/support/beds.ts";
+import { j, transferText } from "../../../../test/support/check.ts";
 import type { IommuMode, MachineDescription } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
 import { KernelBug } from "../errno.ts";
@@ -39,21 +40,16 @@ const BAR_SIZE = 8n * GiB;
 function machine(
   o: { iommu?: IommuMode; acs?: number | null; hostId?: string; busOffset?: bigint } = {},
 ): MachineDescription {
-  const d = topo()
-    .hostFn("00:00.0", o.hostId ?? "8086:1234")
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0", acs: o.acs ?? null })
-    .dsp("02:01.0", { parent: "01:00.0", acs: o.acs ?? null })
-    .ep("03:00.0", { parent: "02:00.0", bars: [{ index: 0, start: BAR, size: BAR_SIZE }] })
-    .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("05:00.0", { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu(o.iommu ?? "off")
-    .build();
-  if (o.busOffset === undefined) return d;
-  const windows = [{ cpuStart: BAR, size: BAR_SIZE, busStart: BAR + o.busOffset }];
-  return { ...d, hostBridges: [{ domain: 0, bus: 0, windows }] };
+  return switchMachine({
+    exporter: { bars: [{ index: 0, start: BAR, size: BAR_SIZE }] },
+    hostId: o.hostId,
+    acs: o.acs,
+    iommu: o.iommu,
+    window:
+      o.busOffset === undefined
+        ? undefined
+        : { cpuStart: BAR, size: BAR_SIZE, busOffset: o.busOffset },
+  });
 }
 
 function bed(
@@ -81,7 +77,7 @@ function bed(
   assert.ok(d.ok, "dma_buf_export of the test exporter");
   const nic = sys.device(o.nic ?? "04:00.0");
   dmaSetMaskAndCoherent(nic, 64);
-  const a = dmaBufDynamicAttach(d.value, nic, { allow_peer2peer: true, move_notify: () => {} });
+  const a = dmaBufDynamicAttach(d.value, nic, P2P_IMPORTER);
   assert.ok(a.ok, "dynamic attach of the NIC");
   return { sys, core, provider, dmabuf: d.value, a: a.value, nic };
 }
@@ -113,19 +109,8 @@ function done(b: Bed): void {
   assert.deepEqual(leaks, [], `nothing left behind: ${j(leaks)}`);
 }
 
-/** JSON with bigints in hex, for assertion messages. */
-function j(v: unknown): string {
-  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : x));
-}
-
-/** A fabric transfer's outcome, for messages. */
-function wr(w: { ok: true } | { ok: false; fault: unknown }): string {
-  return w.ok ? "ok" : j(w.fault);
-}
-
-function why(r: { ok: boolean }): string {
-  return r.ok ? "" : j(r);
-}
+/** The failure, for assertion messages (empty for a success). */
+const why = (r: { ok: boolean }): string => (r.ok ? "" : j(r));
 
 describe("dma_buf_phys_vec_to_sgt: map types", () => {
   it("BUS_ADDR (one switch, IOMMU on): bus addresses, marked, page-less, orig_nents 0, no IOVA", () => {
@@ -155,7 +140,7 @@ describe("dma_buf_phys_vec_to_sgt: map types", () => {
     assert.ok(t.kind === "dma", "the NIC is behind a DMA domain");
     assert.equal(t.iova.domain.liveRanges().length, 0, "no IOVA was allocated");
     const w = b.sys.deviceWrite(b.nic, es[0]!.dma_address + 8n, new Uint8Array([1, 2, 3]));
-    assert.ok(w.ok, `the NIC's write is decoded in the switch: ${wr(w)}`);
+    assert.ok(w.ok, `the NIC's write is decoded in the switch: ${transferText(w)}`);
     assert.deepEqual(
       b.sys.memory.read((BAR + 0x10008n) as never, 3),
       new Uint8Array([1, 2, 3]),
@@ -177,7 +162,7 @@ describe("dma_buf_phys_vec_to_sgt: map types", () => {
       "pci_p2pdma_bus_addr_map: paddr + bus_offset",
     );
     const w = b.sys.deviceWrite(b.nic, e!.dma_address, new Uint8Array([7]));
-    assert.ok(w.ok, `the bus address is decoded by the BAR: ${wr(w)}`);
+    assert.ok(w.ok, `the bus address is decoded by the BAR: ${transferText(w)}`);
     assert.deepEqual(b.sys.memory.read((BAR + 0x4000n) as never, 1), new Uint8Array([7]), "landed");
     free(b, r.value);
     done(b);
@@ -217,7 +202,7 @@ describe("dma_buf_phys_vec_to_sgt: map types", () => {
       "physical addresses, unmarked",
     );
     const w = b.sys.deviceWrite(b.nic, es[1]!.dma_address, new Uint8Array([5]));
-    assert.ok(w.ok, `the write crosses the allowlisted root complex: ${wr(w)}`);
+    assert.ok(w.ok, `the write crosses the allowlisted root complex: ${transferText(w)}`);
     free(b, r.value);
     done(b);
   });
@@ -251,7 +236,7 @@ describe("dma_buf_phys_vec_to_sgt: map types", () => {
     assert.equal(maps[0]!.prot.mmio, true, "mapped with IOMMU_MMIO");
     assert.equal(maps[0]!.phys, BAR + 0x2000n, "to the BAR");
     const w = b.sys.deviceWrite(b.nic, es[0]!.dma_address + 0x10n, new Uint8Array([9, 9]));
-    assert.ok(w.ok, `IOVA → BAR through the root complex: ${wr(w)}`);
+    assert.ok(w.ok, `IOVA → BAR through the root complex: ${transferText(w)}`);
     assert.deepEqual(
       b.sys.memory.read((BAR + 0x2010n) as never, 2),
       new Uint8Array([9, 9]),

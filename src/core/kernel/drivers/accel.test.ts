@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { topo } from "../../../../test/support/topology.ts";
+import { amdgpu, habanalabs, P2P_IMPORTER, switchMachine } from "../../../../test/support/beds.ts";
+import { errnoOf, j, quietCore, transferText } from "../../../../test/support/check.ts";
 import { physAddr } from "../../hw/address.ts";
 import type { IommuMode, MachineDescription } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
@@ -78,29 +79,16 @@ interface MachineOpts {
  */
 function machine(o: MachineOpts = {}): MachineDescription {
   const barSize = o.barSize ?? BAR_SIZE;
-  const d = topo()
-    .hostFn("00:00.0", o.hostId ?? "8086:1234")
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0", acs: o.acs ?? null })
-    .dsp("02:01.0", { parent: "01:00.0", acs: o.acs ?? null })
-    .ep("03:00.0", {
-      parent: "02:00.0",
-      id: "1da3:1020",
-      driver: "habanalabs",
-      bars: [
-        { index: 0, start: 0x90_0000_0000n, size: MiB },
-        { index: 2, start: BAR_START, size: barSize },
-      ],
-    })
-    .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("05:00.0", { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu(o.iommu ?? "off")
-    .build();
-  if (o.busOffset === undefined) return d;
-  const windows = [{ cpuStart: BAR_START, size: barSize, busStart: BAR_START + o.busOffset }];
-  return { ...d, hostBridges: [{ domain: 0, bus: 0, windows }] };
+  return switchMachine({
+    exporter: habanalabs(BAR_START, barSize),
+    hostId: o.hostId,
+    acs: o.acs,
+    iommu: o.iommu,
+    window:
+      o.busOffset === undefined
+        ? undefined
+        : { cpuStart: BAR_START, size: barSize, busOffset: o.busOffset },
+  });
 }
 
 function bed(o: MachineOpts & { accel?: AccelOptions; profile?: "6.1" | "mainline" } = {}) {
@@ -139,26 +127,8 @@ function exportFd(
   });
 }
 
-/** JSON with bigints in hex, for assertion messages. */
-function j(v: unknown): string {
-  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : x));
-}
-
-/** The failure, for assertion messages (only built when the result is an error). */
-function why(r: { ok: boolean }): string {
-  return r.ok ? "" : j(r);
-}
-
-/** A fabric transfer's outcome, for messages. */
-function wr(w: { ok: true } | { ok: false; fault: unknown }): string {
-  return w.ok ? "ok" : j(w.fault);
-}
-
-function errnoOf(r: { ok: boolean; errno?: string }): string | undefined {
-  return r.ok ? undefined : r.errno;
-}
-
-const P2P_IMPORTER = { allow_peer2peer: true, move_notify: () => {} };
+/** The failure, for assertion messages (empty for a success). */
+const why = (r: { ok: boolean }): string => (r.ok ? "" : j(r));
 
 function importer(b: Bed, bdf: string, maxSeg = 65536) {
   const dev = b.sys.device(bdf);
@@ -694,7 +664,7 @@ describe("accel: map-resource vs p2p-pages vs phys-vec on three topologies, IOMM
           const w = b.sys.deviceWrite(dev, es[0]!.dma_address + 16n, data);
           const after = b.sys.memory.read((bar + 16n) as never, 4);
           if (want.write === "lands") {
-            assert.ok(w.ok, `${label}: the write lands: ${wr(w)}`);
+            assert.ok(w.ok, `${label}: the write lands: ${transferText(w)}`);
             assert.deepEqual(after, data, `${label}: the bytes are in the BAR`);
           } else {
             assert.equal(w.ok, false, `${label}: the write faults`);
@@ -802,7 +772,7 @@ describe("accel: the v3 exporter (static table of raw BAR addresses, no P2P chec
     const m = dmaBufMapAttachmentUnlocked(a.value, "bidirectional");
     assert.ok(m.ok, why(m));
     const w = b.sys.deviceWrite(nic, entries(m.value)[0]!.dma_address + 8n, new Uint8Array([1, 2]));
-    assert.ok(w.ok, `routed peer to peer in the switch: ${wr(w)}`);
+    assert.ok(w.ok, `routed peer to peer in the switch: ${transferText(w)}`);
     assert.deepEqual(
       b.sys.memory.read((barOf(b, handle) + 8n) as never, 2),
       new Uint8Array([1, 2]),
@@ -852,7 +822,10 @@ describe("accel: the v3 exporter (static table of raw BAR addresses, no P2P chec
     const dma = entries(m.value)[0]!.dma_address;
     assert.equal(dma, barOf(b, handle), "the CPU physical BAR address, not the bus address");
     const w = b.sys.deviceWrite(nic, dma, new Uint8Array([1]));
-    assert.ok(!w.ok || w.target.owner !== b.hl.fn, `the BAR does not decode it: ${wr(w)}`);
+    assert.ok(
+      !w.ok || w.target.owner !== b.hl.fn,
+      `the BAR does not decode it: ${transferText(w)}`,
+    );
   });
 
   it("chunks are capped at 512 MiB", () => {
@@ -1015,7 +988,7 @@ describe("accel: Gaudi1 physical mode (dramVirtualMemory: false)", () => {
       "four 64 KiB entries from the BAR address of 0x10000",
     );
     const w = b.sys.deviceWrite(nic, BAR_START + 0x10000n + 65536n, new Uint8Array([3]));
-    assert.ok(w.ok, wr(w));
+    assert.ok(w.ok, transferText(w));
     dmaBufUnmapAttachmentUnlocked(a.value, m.value, "bidirectional");
   });
 });
@@ -1135,7 +1108,7 @@ describe("accel: the device file (hl_device_open / hl_device_release) and the co
     const m = dmaBufMapAttachmentUnlocked(at.value, "bidirectional");
     assert.ok(m.ok, why(m));
     const w = b.sys.deviceWrite(nic, entries(m.value)[0]!.dma_address, new Uint8Array([4, 2]));
-    assert.ok(w.ok, `the NIC still writes into the accelerator's memory: ${wr(w)}`);
+    assert.ok(w.ok, `the NIC still writes into the accelerator's memory: ${transferText(w)}`);
     assert.deepEqual(
       b.sys.memory.read(barOf(b, handle) as never, 2),
       new Uint8Array([4, 2]),
@@ -1280,36 +1253,12 @@ const enc = (x: string): Uint8Array => new TextEncoder().encode(x);
  * the P2PDMA allowlist, so 05:00.0 and the accelerator cannot do P2P.
  */
 function importerBed(iommu: IommuMode = "off") {
-  const d = topo()
-    .hostFn("00:00.0", "8086:1234")
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0" })
-    .dsp("02:01.0", { parent: "01:00.0" })
-    .ep("03:00.0", {
-      parent: "02:00.0",
-      id: "1da3:1020",
-      driver: "habanalabs",
-      bars: [
-        { index: 0, start: 0x90_0000_0000n, size: MiB },
-        { index: 2, start: BAR_START, size: BAR_SIZE },
-      ],
-    })
-    .ep("04:00.0", {
-      parent: "02:01.0",
-      id: "1002:740f",
-      driver: "amdgpu",
-      bars: [{ index: 0, start: GPU_VRAM, size: 16n * MiB }],
-    })
-    .rootPort("00:02.0")
-    .ep("05:00.0", {
-      parent: "00:02.0",
-      id: "1002:740f",
-      driver: "amdgpu",
-      bars: [{ index: 0, start: GPU2_VRAM, size: 16n * MiB }],
-    })
-    .iommu(iommu)
-    .build();
+  const d = switchMachine({
+    exporter: habanalabs(BAR_START, BAR_SIZE),
+    peer: amdgpu([{ index: 0, start: GPU_VRAM, size: 16n * MiB }]),
+    far: amdgpu([{ index: 0, start: GPU2_VRAM, size: 16n * MiB }]),
+    iommu,
+  });
   const tracer = new Tracer(true);
   const sys = new System(d, { tracer });
   const core = new DmaBufCore({ profile: PROFILES.mainline, moveNotify: true, tracer });
@@ -1346,8 +1295,7 @@ function exitClean(b: ImporterBed, extra: LeakSource[] = []): void {
   sysExit(b.proc);
   const leaks = leakReport([b.sys, b.core, b.hl, b.gpu, b.gpu2, b.proc, ...extra]);
   assert.deepEqual(leaks, [], `leaks: ${j(leaks)}`);
-  assert.deepEqual(b.core.warnings, [], `no WARN: ${b.core.warnings.join("; ")}`);
-  assert.deepEqual(b.core.lockdep, [], `no lockdep report: ${j(b.core.lockdep)}`);
+  quietCore(b.core);
 }
 
 describe("accel as an importer (model: dynamic attach with allow_peer2peer, DMA engine copies)", () => {

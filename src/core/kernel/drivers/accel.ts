@@ -48,7 +48,7 @@
  * until `releaseImport`, whatever happens to the device file.
  */
 
-import { dmaAddr, type PhysAddr, physAddr } from "../../hw/address.ts";
+import { dmaAddr, hex, type PhysAddr, physAddr } from "../../hw/address.ts";
 import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
@@ -77,14 +77,13 @@ import {
 import { dmaBufFreeSgt, dmaBufPhysVecToSgt, type PhysVec } from "../dma-buf/phys-vec.ts";
 import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { KernelBug, kok } from "../errno.ts";
-import type { Leak, LeakSource } from "../leaks.ts";
+import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
   for_each_sgtable_dma_sg,
   for_each_sgtable_sg,
   type SgTable,
   sg_alloc_table,
   sg_alloc_table_from_pages_segment,
-  sg_dma_is_bus_address,
   sg_dma_mark_bus_address,
   sg_free_table,
   sg_set_page,
@@ -92,6 +91,7 @@ import {
 import { type P2pProvider, PAGE_SHIFT, PAGE_SIZE_N, type Page } from "../mm/page.ts";
 import type { System } from "../system.ts";
 import type { DmaAddrKind } from "../trace.ts";
+import { dmaSegments, dmaSegsText, walkSegments } from "./dma-segs.ts";
 
 // include/uapi/drm/habanalabs_accel.h
 export const HL_MEM_OP_ALLOC = 0;
@@ -255,7 +255,6 @@ interface Run {
 
 const alignUp = (v: bigint, a: bigint): bigint => ((v + a - 1n) / a) * a;
 const minBig = (x: bigint, y: bigint): bigint => (x < y ? x : y);
-const hex = (v: bigint): string => `0x${v.toString(16)}`;
 const pageAligned = (v: bigint): boolean => v % PAGE_SIZE_N === 0n;
 const EBADF_FD = -9;
 const NO_SPLIT = 1n << 64n;
@@ -1148,22 +1147,13 @@ export class AccelDevice implements LeakSource {
     return r;
   }
 
-  /** What kind of address each DMA entry of a table handed to `a` is. */
-  #kinds(a: DmaBufAttachment, sgt: SgTable): { dma: bigint; len: bigint; kind: DmaAddrKind }[] {
-    return [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
-      dma: s.dma_address as bigint,
-      len: BigInt(s.dma_length),
-      kind: this.sys.dmaAddrKind(a.dev, s.dma_address, sg_dma_is_bus_address(s)),
-    }));
-  }
-
   #traceMap(a: DmaBufAttachment, sgt: SgTable): void {
     if (!this.sys.trace.enabled) return;
-    const entries = this.#kinds(a, sgt);
+    const entries = dmaSegments(this.sys, a.dev, sgt);
     const mode = this.generation === "v3" ? "v3" : this.mapMode;
     this.sys.trace.emit(
       "accel:map",
-      `${this.name}: mapped for ${a.dev.name} (${mode}): ${entries.map((e) => `${hex(e.dma)}+${hex(e.len)} ${e.kind}`).join(", ")}`,
+      `${this.name}: mapped for ${a.dev.name} (${mode}): ${dmaSegsText(entries)}`,
       { device: a.dev.fn.name, mode, entries },
     );
   }
@@ -1498,7 +1488,7 @@ export class AccelDevice implements LeakSource {
     if (!hbm.ok) return hbm;
     const m = this.#importMap(imp);
     if (!m.ok) return m;
-    const segs = this.#kinds(imp.attach, m.value);
+    const segs = dmaSegments(this.sys, imp.attach.dev, m.value);
     const dev = this.dmaDev;
     let fault: DmaFault | null = null;
     if (dir === "hbm-to-import") {
@@ -1552,12 +1542,7 @@ export class AccelDevice implements LeakSource {
   leaks(): Leak[] {
     const owner = `${this.name} ${this.fn.name}`;
     const out: Leak[] = [];
-    for (const t of this.outstanding)
-      out.push({
-        kind: "sg-mapping",
-        owner,
-        detail: `${t.name}: ${t.nents} DMA segment(s) handed out by map_dma_buf and never unmapped`,
-      });
+    out.push(...unmappedTableLeaks(owner, this.outstanding));
     for (const p of this.exports)
       out.push({
         kind: "accel-export",
@@ -1615,37 +1600,6 @@ export interface AccelCopyResult {
   readonly bytes: bigint;
   /** The kinds of DMA address the engine used on the import side. */
   readonly kinds: readonly DmaAddrKind[];
-}
-
-/**
- * Calls `io(dma, lo, hi)` for each piece of `[offset, offset + length)` of the segments (bytes
- * `lo..hi` of the transfer); stops at the first fault.
- */
-function walkSegments(
-  segs: readonly { dma: bigint; len: bigint }[],
-  offset: bigint,
-  length: bigint,
-  io: (dma: bigint, lo: number, hi: number) => DmaFault | null,
-): DmaFault | null {
-  let pos = 0n;
-  let done = 0n;
-  for (const s of segs) {
-    if (done >= length) break;
-    const end = pos + s.len;
-    const at = offset + done;
-    if (at >= end) {
-      pos = end;
-      continue;
-    }
-    const within = at - pos;
-    const n = minBig(length - done, s.len - within);
-    const f = io(s.dma + within, Number(done), Number(done + n));
-    if (f) return f;
-    done += n;
-    pos = end;
-  }
-  if (done < length) throw new KernelBug(`the DMA table covers ${done} of ${length} bytes`);
-  return null;
 }
 
 /**

@@ -1,5 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import {
+  amdgpu,
+  connectQps,
+  exportAccelMemory,
+  RW,
+  remoteNicBed,
+  switchMachine,
+  writeFromHostMr,
+} from "../../../../test/support/beds.ts";
+import { errnoOf, must, quietCore, wcText, why } from "../../../../test/support/check.ts";
 import { topo } from "../../../../test/support/topology.ts";
 import { physAddr } from "../../hw/address.ts";
 import type { IommuMode } from "../../hw/machine.ts";
@@ -31,12 +41,7 @@ import { for_each_sgtable_dma_sg, type SgTable, sg_page } from "../lib/scatterli
 import { PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
 import { Tracer } from "../trace.ts";
-import {
-  AccelDevice,
-  HL_MEM_OP_ALLOC,
-  HL_MEM_OP_EXPORT_DMABUF_FD,
-  HL_MEM_OP_MAP,
-} from "./accel.ts";
+import { AccelDevice } from "./accel.ts";
 import {
   AMDGPU_GEM_CREATE_CPU_GTT_USWC,
   AMDGPU_GEM_CREATE_ENCRYPTED,
@@ -51,10 +56,7 @@ import {
 } from "./gpu.ts";
 import {
   hostMrRead,
-  hostMrWrite,
   IBV_ACCESS_LOCAL_WRITE,
-  IBV_ACCESS_REMOTE_READ,
-  IBV_ACCESS_REMOTE_WRITE,
   kernelMrOf,
   RdmaDevice,
   type WorkCompletion,
@@ -66,25 +68,10 @@ const VRAM_BAR = 0x80_0000_0000n;
 const BAR_SIZE = 16n * MiB;
 const VRAM = AMDGPU_GEM_DOMAIN_VRAM;
 const GTT = AMDGPU_GEM_DOMAIN_GTT;
-const RW = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
 type Profile = "6.1" | "mainline";
 
-/** The failure, for assertion messages (built only when needed). */
-function why(r: { ok: boolean }): string {
-  return r.ok
-    ? "ok"
-    : JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v));
-}
-const errnoOf = (r: { ok: boolean; errno?: string }): string | undefined =>
-  r.ok ? undefined : r.errno;
-const wcText = (wc: WorkCompletion): string => `${wc.status} ${wc.detail ?? ""}`;
 const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 const leakText = (l: readonly Leak[]): string => l.map((x) => `${x.kind}: ${x.detail}`).join("\n");
-
-function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
-  assert.ok(r.ok, `${what}: ${why(r)}`);
-  return (r as { value: T }).value;
-}
 
 /**
  * A PCIe switch below root port 00:01.0 with the GPU (03:00.0, VRAM BAR 0) and an RDMA NIC
@@ -92,27 +79,12 @@ function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
  * bridge 8086:1234 is not on the P2PDMA allowlist (05:00.0 cannot reach the GPU); 8086:2020 is.
  */
 function machine(hostId: string) {
-  return topo()
-    .hostFn("00:00.0", hostId)
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0" })
-    .dsp("02:01.0", { parent: "01:00.0" })
-    .ep("03:00.0", {
-      parent: "02:00.0",
-      id: "1002:740f",
-      driver: "amdgpu",
-      bars: [
-        { index: 0, start: VRAM_BAR, size: BAR_SIZE },
-        { index: 2, start: 0x90_0000_0000n, size: 2n * MiB },
-        { index: 5, start: 0x90_1000_0000n, size: 512n * KiB },
-      ],
-    })
-    .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("05:00.0", { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu("off")
-    .build();
+  const gpu = amdgpu([
+    { index: 0, start: VRAM_BAR, size: BAR_SIZE },
+    { index: 2, start: 0x90_0000_0000n, size: 2n * MiB },
+    { index: 5, start: 0x90_1000_0000n, size: 512n * KiB },
+  ]);
+  return switchMachine({ exporter: gpu, hostId });
 }
 
 interface BedOpts {
@@ -198,8 +170,7 @@ function closeAll(b: Bed, fds: number[], extra: LeakSource[] = []): void {
   assert.equal(b.gpu.bos.size, 0, "every BO freed");
   assert.equal(b.gpu.vramUsed, 0n, "VRAM empty");
   assert.equal(b.gpu.gttUsed, 0n, "GTT empty");
-  assert.deepEqual(b.core.warnings, [], `no WARN: ${b.core.warnings.join("; ")}`);
-  assert.deepEqual(b.core.lockdep, [], `no lockdep report: ${JSON.stringify(b.core.lockdep)}`);
+  quietCore(b.core);
 }
 
 const inRam = (b: Bed, dma: bigint): boolean => b.sys.memory.regionAt(dma)?.kind === "ram";
@@ -474,49 +445,21 @@ describe("gpu: scenario 41 — eviction of an exported BO", () => {
 });
 
 describe("gpu: eviction invalidates a dynamic RDMA MR, which re-faults to the new location", () => {
-  /** Machine B: one NIC below one root port, for the remote side of the QP. */
-  function bedB() {
-    const desc = topo()
-      .hostFn("00:00.0", "8086:2020")
-      .rootPort("00:01.0")
-      .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-      .iommu("dma")
-      .build();
-    const sys = new System(desc, { tracer: new Tracer(true) });
-    const core = new DmaBufCore({ profile: PROFILES.mainline, moveNotify: true });
-    const nic = new RdmaDevice(sys, core, "01:00.0");
-    return { sys, core, nic, proc: new Process("trainer-b") };
-  }
-
   for (const profile of ["mainline", "6.1"] as const)
     it(`${profile}: WRITE lands in VRAM; VRAM pressure evicts the BO (MR zapped); the next WRITE faults, maps the GTT pages and lands in RAM; bytes survive`, () => {
       const A = bed({ profile });
       const nicA = new RdmaDevice(A.sys, A.core, "04:00.0", { odp: true });
       const x = exportBo(A, 2n * MiB);
       const y = newBo(A, 2n * MiB); // VRAM (4 MiB) is now full
-      const B = bedB();
-      const ctxA = must(nicA.open(A.proc), "open A");
-      const ctxB = must(B.nic.open(B.proc), "open B");
-      const pdA = ctxA.allocPd();
-      const pdB = ctxB.allocPd();
-      const qpA = ctxA.createQp(pdA);
-      const qpB = ctxB.createQp(pdB);
-      qpB.connect(qpA);
+      const B = remoteNicBed({ moveNotify: true });
+      const { ctxA, ctxB, pdA, pdB, qpB } = connectQps({ nic: nicA, proc: A.proc }, B);
       const mrA = must(ctxA.regDmabufMr(pdA, 0n, 2n * MiB, 0n, x.fd, RW), "dynamic dma-buf MR");
       const mrB = must(ctxB.regMr(pdB, 64n * KiB, IBV_ACCESS_LOCAL_WRITE), "host MR on B");
       const k = kernelMrOf(mrA)!;
       assert.equal(k.dynamic, true, "mlx5 dynamic MR");
       for (const s of k.mtt!) assert.equal(s.kind, "bus-address", "MR points at the VRAM BAR");
-      const write = (off: bigint, s: string): WorkCompletion => {
-        hostMrWrite(mrB, 0n, text(s));
-        return qpB.postWrite({
-          local: mrB,
-          localAddr: mrB.addr,
-          length: BigInt(s.length),
-          remoteAddr: off,
-          rkey: mrA.rkey,
-        });
-      };
+      const write = (off: bigint, s: string): WorkCompletion =>
+        writeFromHostMr(qpB, mrB, text(s), off, mrA.rkey);
       const w1 = write(0x1000n, "first");
       assert.equal(w1.status, "IBV_WC_SUCCESS", wcText(w1));
       assert.ok(inVramBar(x.bo.phys(0x1000n)), "BO in VRAM");
@@ -905,23 +848,10 @@ type ImportBed = ReturnType<typeof importBed>;
 
 /** ALLOC + MAP + EXPORT_DMABUF_FD of `size` bytes of HBM; the fd, the dma-buf, its BAR address. */
 function hbmExport(b: ImportBed, hl: AccelDevice, size: bigint) {
-  const a = must(hl.memIoctl(b.proc, { op: HL_MEM_OP_ALLOC, mem_size: size }), "HL ALLOC");
-  const m = must(hl.memIoctl(b.proc, { op: HL_MEM_OP_MAP, handle: a.handle }), "HL MAP");
-  const e = must(
-    hl.memIoctl(b.proc, {
-      op: HL_MEM_OP_EXPORT_DMABUF_FD,
-      addr: m.device_virt_addr,
-      mem_size: size,
-      offset: 0n,
-      flags: O_RDWR | O_CLOEXEC,
-    }),
-    "HL EXPORT_DMABUF_FD",
-  );
-  const pack = hl.idr.get(a.handle)!;
+  const { fd, dmabuf, pack, barOf } = exportAccelMemory(hl, b.proc, size);
   const contiguous = pack.pages.every((p, i) => p === pack.pages[0]! + BigInt(i) * pack.page_size);
   assert.ok(contiguous, "the test wants physically contiguous HBM");
-  const dmabuf = b.proc.fds.get(e.fd)!.file.private_data!;
-  return { fd: e.fd, dmabuf, bar: hl.barAddress(pack.pages[0]!) as bigint };
+  return { fd, dmabuf, bar: barOf(0n) as bigint };
 }
 
 /** A host (system-heap style) buffer exported into the process: exporter, fd, dma-buf. */
@@ -938,8 +868,7 @@ function exitAndCheck(b: ImportBed, extra: LeakSource[] = []): void {
   const leaks = leakReport([b.sys, b.core, b.gpu, b.gpu2, b.hl, b.hl2, b.proc, ...extra]);
   assert.deepEqual(leaks, [], `leaks:\n${leakText(leaks)}`);
   assert.equal(b.gpu.bos.size, 0, "every BO of the importing GPU freed");
-  assert.deepEqual(b.core.warnings, [], `no WARN: ${b.core.warnings.join("; ")}`);
-  assert.deepEqual(b.core.lockdep, [], `no lockdep report: ${JSON.stringify(b.core.lockdep)}`);
+  quietCore(b.core);
 }
 
 describe("gpu: amdgpu as an importer (PRIME fd-to-handle, SDMA copy)", () => {

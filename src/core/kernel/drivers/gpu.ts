@@ -54,7 +54,7 @@
  * copy engine has no GPU VM: it uses DMA addresses directly, and a fault fails the copy with -EIO.
  */
 
-import { dmaAddr, type PhysAddr, physAddr } from "../../hw/address.ts";
+import { dmaAddr, hex, type PhysAddr, physAddr } from "../../hw/address.ts";
 import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
@@ -93,14 +93,12 @@ import {
 import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { DmaResv } from "../dma-buf/resv.ts";
 import { KernelBug, kok } from "../errno.ts";
-import type { Leak, LeakSource } from "../leaks.ts";
+import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
-  for_each_sgtable_dma_sg,
   for_each_sgtable_sg,
   type SgTable,
   sg_alloc_table,
   sg_alloc_table_from_pages,
-  sg_dma_is_bus_address,
   sg_free_table,
   sg_page,
   sg_set_page,
@@ -109,6 +107,7 @@ import { PAGE_SIZE_N, type Page } from "../mm/page.ts";
 import type { KernelProfile } from "../profile.ts";
 import { System } from "../system.ts";
 import type { DmaAddrKind } from "../trace.ts";
+import { type DmaSeg, dmaSegments, dmaSegsText, walkSegments } from "./dma-segs.ts";
 
 // ── uAPI (include/uapi/drm/amdgpu_drm.h, drm.h) ──────────────────────────────────────────────
 
@@ -213,7 +212,6 @@ export interface VramRun {
   readonly size: bigint;
 }
 
-const hex = (v: bigint): string => `0x${v.toString(16)}`;
 const alignUp = (v: bigint, a: bigint): bigint => ((v + a - 1n) / a) * a;
 const GiB = 1n << 30n;
 
@@ -1609,11 +1607,7 @@ export class GpuDevice implements LeakSource {
 
   /** Each DMA entry handed to `a` and what kind of address it is. */
   entries(a: DmaBufAttachment, sgt: SgTable): { dma: bigint; len: bigint; kind: DmaAddrKind }[] {
-    return [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
-      dma: s.dma_address as bigint,
-      len: BigInt(s.dma_length),
-      kind: this.sys.dmaAddrKind(a.dev, s.dma_address, sg_dma_is_bus_address(s)),
-    }));
+    return dmaSegments(this.sys, a.dev, sgt);
   }
 
   #traceMap(a: DmaBufAttachment, bo: GpuBo, sgt: SgTable): void {
@@ -1621,7 +1615,7 @@ export class GpuDevice implements LeakSource {
     const entries = this.entries(a, sgt);
     this.#emit(
       "gpu:map",
-      `${this.name}: bo#${bo.id} mapped from ${bo.placement} for ${a.dev.name} (peer2peer ${a.peer2peer}): ${entries.map((e) => `${hex(e.dma)}+${hex(e.len)} ${e.kind}`).join(", ")}`,
+      `${this.name}: bo#${bo.id} mapped from ${bo.placement} for ${a.dev.name} (peer2peer ${a.peer2peer}): ${dmaSegsText(entries)}`,
       {
         device: a.dev.fn.name,
         bo: bo.id,
@@ -1795,10 +1789,10 @@ export class GpuDevice implements LeakSource {
     bo.placement = "gtt";
     bo.importMaps++;
     if (this.sys.trace.enabled) {
-      const entries = this.#segments(m.value);
+      const entries = dmaSegments(this.sys, this.dmaDev, m.value);
       this.#emit(
         "gpu:import_map",
-        `${this.name}: bo#${bo.id} bound (${why}): ${entries.map((e) => `${hex(e.dma)}+${hex(e.len)} ${e.kind}`).join(", ")}`,
+        `${this.name}: bo#${bo.id} bound (${why}): ${dmaSegsText(entries)}`,
         { device: this.fn.name, bo: bo.id, maps: bo.importMaps, entries },
       );
     }
@@ -1853,14 +1847,6 @@ export class GpuDevice implements LeakSource {
     bo.import_attach = null;
     dmaBufDetach(a.dmabuf, a);
     dmaBufPut(a.dmabuf);
-  }
-
-  #segments(sgt: SgTable): EngineSeg[] {
-    return [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
-      dma: s.dma_address as bigint,
-      len: BigInt(s.dma_length),
-      kind: this.sys.dmaAddrKind(this.dmaDev, s.dma_address, sg_dma_is_bus_address(s)),
-    }));
   }
 
   // ── the copy engine ────────────────────────────────────────────────────────────────────────
@@ -1960,12 +1946,12 @@ export class GpuDevice implements LeakSource {
       });
       return kok({ end: { via: "vram", kinds: [] }, ...(out ? { data: out } : {}) });
     }
-    let segs: EngineSeg[];
+    let segs: DmaSeg[];
     let done = (): void => {};
     let via: GpuCopyEnd["via"];
     if (bo.importOf) {
       if (!bo.ttmSg) throw new KernelBug(`${bo.describe()}: copy from an unbound import`);
-      segs = this.#segments(bo.ttmSg);
+      segs = dmaSegments(this.sys, this.dmaDev, bo.ttmSg);
       via = "import";
     } else if (bo.placement === "gtt") {
       const t = sg_alloc_table_from_pages(bo.gttPages, 0, bo.size, {
@@ -1978,7 +1964,7 @@ export class GpuDevice implements LeakSource {
         sg_free_table(t.value);
         return dbErr(m.errno, `mapping bo#${bo.id}'s GTT pages for ${dev.name}: ${m.errno}`);
       }
-      segs = this.#segments(t.value);
+      segs = dmaSegments(this.sys, this.dmaDev, t.value);
       done = () => {
         this.sys.dma.unmapSgtable(dev, t.value, dir);
         sg_free_table(t.value);
@@ -2002,42 +1988,29 @@ export class GpuDevice implements LeakSource {
 
   /** DMA through the fabric over `segs` from byte `offset`: writes `data`, or reads into `out`. */
   #dmaRange(
-    segs: readonly EngineSeg[],
+    segs: readonly DmaSeg[],
     offset: bigint,
     length: bigint,
     data: Uint8Array | null,
     out: Uint8Array | undefined,
   ): DmaFault | null {
     const dev = this.dmaDev;
-    let pos = 0n;
-    let done = 0n;
-    for (const s of segs) {
-      if (done >= length) break;
-      const end = pos + s.len;
-      const at = offset + done;
-      if (at >= end) {
-        pos = end;
-        continue;
-      }
-      const within = at - pos;
-      // biome-ignore lint/complexity/useMathMinMax: bigints
-      const n = length - done < s.len - within ? length - done : s.len - within;
-      const lo = Number(done);
-      const hi = Number(done + n);
-      if (data) {
-        const r = this.sys.deviceWrite(dev, s.dma + within, data.subarray(lo, hi));
-        if (!r.ok) return r.fault;
-      } else {
-        const r = this.sys.fabric.dmaRead(dev.fn, s.dma + within, hi - lo);
+    return walkSegments(
+      segs,
+      offset,
+      length,
+      (dma, lo, hi) => {
+        if (data) {
+          const r = this.sys.deviceWrite(dev, dma, data.subarray(lo, hi));
+          return r.ok ? null : r.fault;
+        }
+        const r = this.sys.fabric.dmaRead(dev.fn, dma, hi - lo);
         if (!r.ok) return r.fault;
         out!.set(r.data!, lo);
-      }
-      done += n;
-      pos = end;
-    }
-    if (done < length)
-      throw new KernelBug(`${this.name}: the DMA table covers ${done} of ${length} bytes`);
-    return null;
+        return null;
+      },
+      this.name,
+    );
   }
 
   // ── leaks ──────────────────────────────────────────────────────────────────────────────────
@@ -2052,12 +2025,12 @@ export class GpuDevice implements LeakSource {
         owner,
         detail: `${this.devicePath} fd ${f.fd} of ${f.proc.name} (pid ${f.proc.pid}) still open with ${f.handles.size} handle(s)`,
       });
-    for (const [t, h] of this.outstanding)
-      out.push({
-        kind: "sg-mapping",
-        owner,
-        detail: `${t.name}: ${t.nents} DMA segment(s) of bo#${h.bo.id} (${h.kind}) handed out by map_dma_buf and never unmapped`,
-      });
+    out.push(
+      ...unmappedTableLeaks(owner, this.outstanding.keys(), (t) => {
+        const h = this.outstanding.get(t)!;
+        return `bo#${h.bo.id} (${h.kind})`;
+      }),
+    );
     for (const bo of this.bos) {
       const exp = this.#exportOf(bo);
       out.push({
@@ -2070,13 +2043,6 @@ export class GpuDevice implements LeakSource {
     }
     return out;
   }
-}
-
-/** One DMA segment the copy engine uses, and what kind of address it is. */
-interface EngineSeg {
-  readonly dma: bigint;
-  readonly len: bigint;
-  readonly kind: DmaAddrKind;
 }
 
 /** How the copy engine reached one side of a copy. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { errnoOf, j, why } from "../../../../test/support/check.ts";
 import { topo } from "../../../../test/support/topology.ts";
 import { explainPair } from "../../analysis/p2p.ts";
 import { physAddr } from "../../hw/address.ts";
@@ -37,15 +38,6 @@ const RW = { rds: true, wds: true };
 const cmb = (mib: number, bits: { rds?: boolean; wds?: boolean; sqs?: boolean; cqs?: boolean }) =>
   nvmeCmbsz({ size: mib * 16, szu: 1, ...bits });
 
-function j(v: unknown): string {
-  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : x));
-}
-function why(r: { ok: boolean }): string {
-  return r.ok ? "ok" : j(r);
-}
-function errnoOf(r: { ok: boolean; errno?: string }): string | undefined {
-  return r.ok ? undefined : r.errno;
-}
 const pattern = (n: number, seed: number): Uint8Array =>
   Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
 

@@ -27,7 +27,7 @@
  * recording what is written, and the sysfs `cmb` attribute are not modelled.
  */
 
-import { type BusAddr, physAddr } from "../../hw/address.ts";
+import { type BusAddr, hex, physAddr } from "../../hw/address.ts";
 import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
@@ -35,17 +35,13 @@ import type { DmaDirection } from "../dma/mapping.ts";
 import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { KernelBug, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
-import {
-  for_each_sgtable_dma_sg,
-  type SgTable,
-  sg_alloc_table_from_pages,
-  sg_dma_is_bus_address,
-  sg_free_table,
-} from "../lib/scatterlist.ts";
+import { type SgTable, sg_alloc_table_from_pages, sg_free_table } from "../lib/scatterlist.ts";
 import type { KernelVa } from "../mm/p2pmem.ts";
 import { PAGE_SIZE_N, type Page, pageToPhys } from "../mm/page.ts";
 import { System } from "../system.ts";
-import type { DmaAddrKind } from "../trace.ts";
+import { type DmaSeg, dmaSegments, dmaSegsText } from "./dma-segs.ts";
+
+export type { DmaSeg } from "./dma-segs.ts";
 
 // ── registers (include/linux/nvme.h) ─────────────────────────────────────────────────────────
 
@@ -90,7 +86,6 @@ export function nvmeCmbloc(bir: number, ofst: number): number {
   return (((ofst & 0xfffff) << 12) | (bir & 0x7)) >>> 0;
 }
 
-const hex = (v: bigint): string => `0x${v.toString(16)}`;
 const minBig = (a: bigint, b: bigint): bigint => (a < b ? a : b);
 
 // ── request data and its DMA mapping ─────────────────────────────────────────────────────────
@@ -100,21 +95,6 @@ export interface NvmeData {
   readonly pages: readonly Page[];
   readonly offset: number;
   readonly length: bigint;
-}
-
-/** One DMA segment a device was handed, and what kind of address it is. */
-export interface DmaSeg {
-  readonly dma: bigint;
-  readonly len: bigint;
-  readonly kind: DmaAddrKind;
-}
-
-function segmentsOf(sys: System, dev: DmaDevice, sgt: SgTable): DmaSeg[] {
-  return [...for_each_sgtable_dma_sg(sgt)].map((s) => ({
-    dma: s.dma_address as bigint,
-    len: BigInt(s.dma_length),
-    kind: sys.dmaAddrKind(dev, s.dma_address, sg_dma_is_bus_address(s)),
-  }));
 }
 
 /**
@@ -324,10 +304,10 @@ export class P2pmemUser implements LeakSource {
       return r;
     }
     buf.mappings.set(r.value, { dev, dir });
-    const segs = segmentsOf(this.sys, dev, r.value);
+    const segs = dmaSegments(this.sys, dev, r.value);
     this.sys.trace.emit(
       "p2pmem:map",
-      `${this.name}: ${buf.describe()} for ${dev.name} (${mapType}): ${segs.map((s) => `${hex(s.dma)}+${hex(s.len)} ${s.kind}`).join(", ")}`,
+      `${this.name}: ${buf.describe()} for ${dev.name} (${mapType}): ${dmaSegsText(segs)}`,
       { provider: buf.provider.name, device: dev.fn.name, mapType, segments: segs },
     );
     return r;
@@ -337,7 +317,7 @@ export class P2pmemUser implements LeakSource {
   segments(buf: P2pmemBuffer, sgt: SgTable): DmaSeg[] {
     const m = buf.mappings.get(sgt);
     if (!m) throw new KernelBug(`${sgt.name} is not a live mapping of ${buf.describe()}`);
-    return segmentsOf(this.sys, m.dev, sgt);
+    return dmaSegments(this.sys, m.dev, sgt);
   }
 
   /** models dma_unmap_sgtable() of a mapping made by `map`. */
@@ -587,7 +567,7 @@ export class NvmeController implements LeakSource {
     if (!m.ok) return fail(m);
     this.#inflight++;
     try {
-      const segs = segmentsOf(this.sys, this.dev, m.value);
+      const segs = dmaSegments(this.sys, this.dev, m.value);
       const buf = op === "read" ? this.mediaRead(slba, nlb) : new Uint8Array(Number(bytes));
       let cmbBytes = 0n;
       let pos = 0;
@@ -625,7 +605,7 @@ export class NvmeController implements LeakSource {
       if (op === "write") this.mediaWrite(slba, buf);
       this.#emit(
         "nvme:io",
-        `${this.name}: ${op.toUpperCase()} slba ${slba} nlb ${nlb}: ${segs.map((s) => `${hex(s.dma)}+${hex(s.len)} ${s.kind}`).join(", ")}${cmbBytes > 0n ? ` (${cmbBytes} bytes inside its CMB)` : ""}`,
+        `${this.name}: ${op.toUpperCase()} slba ${slba} nlb ${nlb}: ${dmaSegsText(segs)}${cmbBytes > 0n ? ` (${cmbBytes} bytes inside its CMB)` : ""}`,
         { device: this.fn.name, op, slba, nlb, segments: segs, cmbBytes },
       );
       return kok({ bytes, segments: segs, cmbBytes });

@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { topo } from "../../../../test/support/topology.ts";
+import {
+  connectQps,
+  exportAccelMemory,
+  habanalabs,
+  P2P_IMPORTER,
+  RW,
+  remoteNicBed,
+  switchMachine,
+  writeFromHostMr,
+} from "../../../../test/support/beds.ts";
+import { errnoOf, must, wcText, why } from "../../../../test/support/check.ts";
 import { dmaAddr, type PhysAddr } from "../../hw/address.ts";
 import { DMA_BIT_MASK } from "../dma/device.ts";
 import type { DmaBufAttachOps } from "../dma-buf/attachment.ts";
@@ -16,7 +26,6 @@ import {
   dmaBufGet,
   dmaBufPut,
   O_CLOEXEC,
-  O_RDWR,
   openRegular,
   Process,
   sysClose,
@@ -36,12 +45,7 @@ import {
 import { PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
 import { Tracer } from "../trace.ts";
-import {
-  AccelDevice,
-  HL_MEM_OP_ALLOC,
-  HL_MEM_OP_EXPORT_DMABUF_FD,
-  HL_MEM_OP_MAP,
-} from "./accel.ts";
+import { AccelDevice, HL_MEM_OP_ALLOC } from "./accel.ts";
 import {
   hostMrRead,
   hostMrWrite,
@@ -64,7 +68,6 @@ import {
   kernelMrOf,
   RdmaDevice,
   type RdmaOptions,
-  type WorkCompletion,
 } from "./rdma.ts";
 
 const KiB = 1n << 10n;
@@ -73,43 +76,13 @@ const BAR_START = 0x80_0000_0000n;
 const BAR_SIZE = 16n * MiB;
 type Profile = "6.1" | "mainline";
 
-/** The failure, for assertion messages (built only when needed). */
-function why(r: { ok: boolean }): string {
-  return r.ok
-    ? "ok"
-    : JSON.stringify(r, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v));
-}
-const errnoOf = (r: { ok: boolean; errno?: string }): string | undefined =>
-  r.ok ? undefined : r.errno;
-const wcText = (wc: WorkCompletion): string => `${wc.status} ${wc.detail ?? ""}`;
-
 /**
- * Machine A: a PCIe switch below root port 00:01.0 with the accelerator (03:00.0) and an RDMA NIC
- * (04:00.0) on two downstream ports; a second NIC (05:00.0) behind another root port. The host
- * bridge id decides whether the root complex forwards P2P (8086:2020 is on the allowlist).
+ * Machine A: the accelerator (03:00.0) and an RDMA NIC (04:00.0) below one switch, a second NIC
+ * (05:00.0) behind another root port. The host bridge id decides whether the root complex
+ * forwards P2P (8086:2020 is on the allowlist).
  */
-function machineA(iommu: "dma" | "off", hostId: string) {
-  return topo()
-    .hostFn("00:00.0", hostId)
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0" })
-    .dsp("02:01.0", { parent: "01:00.0" })
-    .ep("03:00.0", {
-      parent: "02:00.0",
-      id: "1da3:1020",
-      driver: "habanalabs",
-      bars: [
-        { index: 0, start: 0x90_0000_0000n, size: MiB },
-        { index: 2, start: BAR_START, size: BAR_SIZE },
-      ],
-    })
-    .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("05:00.0", { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu(iommu)
-    .build();
-}
+const machineA = (iommu: "dma" | "off", hostId: string) =>
+  switchMachine({ exporter: habanalabs(BAR_START, BAR_SIZE), hostId, iommu });
 
 interface AOpts {
   iommu?: "dma" | "off";
@@ -134,49 +107,9 @@ function bedA(o: AOpts = {}) {
 }
 type BedA = ReturnType<typeof bedA>;
 
-/** Machine B: one NIC below one root port. */
-function bedB(o: { profile?: Profile; rdma?: RdmaOptions } = {}) {
-  const tracer = new Tracer(true);
-  const desc = topo()
-    .hostFn("00:00.0", "8086:2020")
-    .rootPort("00:01.0")
-    .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu("dma")
-    .build();
-  const sys = new System(desc, { tracer });
-  const core = new DmaBufCore({ profile: PROFILES[o.profile ?? "mainline"] });
-  const nic = new RdmaDevice(sys, core, "01:00.0", o.rdma ?? {});
-  const proc = new Process("trainer-b");
-  return { sys, core, nic, proc, tracer };
-}
-
-function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
-  assert.ok(r.ok, `${what}: ${why(r)}`);
-  return (r as { value: T }).value;
-}
-
-/** HL_MEM_OP_ALLOC + MAP + EXPORT_DMABUF_FD: the fd and the DRAM pages behind the export. */
-function exportAccel(b: BedA, size: bigint, mapSize = size) {
-  const a = must(b.hl.memIoctl(b.proc, { op: HL_MEM_OP_ALLOC, mem_size: mapSize }), "alloc");
-  const m = must(b.hl.memIoctl(b.proc, { op: HL_MEM_OP_MAP, handle: a.handle }), "map");
-  const e = must(
-    b.hl.memIoctl(b.proc, {
-      op: HL_MEM_OP_EXPORT_DMABUF_FD,
-      addr: m.device_virt_addr,
-      mem_size: size,
-      offset: 0n,
-      flags: O_RDWR | O_CLOEXEC,
-    }),
-    "export",
-  );
-  const pack = b.hl.idr.get(a.handle)!;
-  /** CPU physical (BAR) address of byte `off` of the export. */
-  const barOf = (off: bigint): PhysAddr => {
-    const page = pack.pages[Number(off / pack.page_size)]!;
-    return b.hl.barAddress(page + (off % pack.page_size));
-  };
-  return { fd: e.fd, barOf, dmabuf: b.proc.fds.get(e.fd)!.file.private_data! };
-}
+/** HL_MEM_OP_ALLOC + MAP + EXPORT_DMABUF_FD by A's process: the fd, the dma-buf, `barOf`. */
+const exportAccel = (b: BedA, size: bigint, mapSize = size) =>
+  exportAccelMemory(b.hl, b.proc, size, mapSize);
 
 /** Device DRAM fragmented so a 128 KiB allocation gets two discontiguous 64 KiB runs. */
 function fragment(b: BedA): void {
@@ -188,21 +121,6 @@ function fragment(b: BedA): void {
 
 const pattern = (n: number, seed: number): Uint8Array =>
   Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed * 7 + 1) & 0xff);
-
-/** Both machines with a connected QP pair (B's QP connected to A's). */
-function link(a: { nic: RdmaDevice; proc: Process }, b: { nic: RdmaDevice; proc: Process }) {
-  const ctxA = must(a.nic.open(a.proc), "open A");
-  const ctxB = must(b.nic.open(b.proc), "open B");
-  const pdA = ctxA.allocPd();
-  const pdB = ctxB.allocPd();
-  const qpA = ctxA.createQp(pdA);
-  const qpB = ctxB.createQp(pdB);
-  qpB.connect(qpA);
-  return { ctxA, ctxB, pdA, pdB, qpA, qpB };
-}
-
-const RW = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-const importer: DmaBufAttachOps = { allow_peer2peer: true, move_notify: () => {} };
 
 /**
  * A static exporter whose map hands out the DMA entries it was given (page-less, as a BAR exporter
@@ -278,26 +196,32 @@ describe("rdma: ib_umem_dmabuf_get (§5.2, scenario 42)", () => {
   it("offset + length beyond the buffer → EINVAL, and the dma_buf_get reference is dropped", () => {
     const s = setup();
     const before = s.d.file.count;
-    const r = ibUmemDmabufGet(s.nic, s.proc, 8n * KiB, 8n * KiB + 1n, s.fd, 0, importer);
+    const r = ibUmemDmabufGet(s.nic, s.proc, 8n * KiB, 8n * KiB + 1n, s.fd, 0, P2P_IMPORTER);
     assert.equal(errnoOf(r), "EINVAL", why(r));
     assert.equal(s.d.file.count, before, "reference dropped");
     assert.equal(s.d.attachments.length, 0, "nothing attached");
-    const ok = ibUmemDmabufGet(s.nic, s.proc, 8n * KiB, 8n * KiB, s.fd, 0, importer);
+    const ok = ibUmemDmabufGet(s.nic, s.proc, 8n * KiB, 8n * KiB, s.fd, 0, P2P_IMPORTER);
     assert.ok(ok.ok, `exactly to the end is fine: ${why(ok)}`);
     ibUmemRelease(ok.value);
   });
 
   it("length 0 → EINVAL", () => {
     const s = setup();
-    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 0n, s.fd, 0, importer)), "EINVAL");
+    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 0n, s.fd, 0, P2P_IMPORTER)), "EINVAL");
     assert.equal(s.d.attachments.length, 0, "nothing attached");
   });
 
   it("offset + length overflowing 64 bits → EINVAL, checked before the fd (a bad fd still says EINVAL)", () => {
     const s = setup();
     const off = (1n << 64n) - 4096n;
-    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, off, 8192n, s.fd, 0, importer)), "EINVAL");
-    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, off, 8192n, 99, 0, importer)), "EINVAL");
+    assert.equal(
+      errnoOf(ibUmemDmabufGet(s.nic, s.proc, off, 8192n, s.fd, 0, P2P_IMPORTER)),
+      "EINVAL",
+    );
+    assert.equal(
+      errnoOf(ibUmemDmabufGet(s.nic, s.proc, off, 8192n, 99, 0, P2P_IMPORTER)),
+      "EINVAL",
+    );
   });
 
   it("ops without move_notify (or none) → EINVAL before the fd is looked at", () => {
@@ -305,14 +229,17 @@ describe("rdma: ib_umem_dmabuf_get (§5.2, scenario 42)", () => {
     const noMove = { allow_peer2peer: true } as DmaBufAttachOps;
     assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, s.fd, 0, noMove)), "EINVAL");
     assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, 99, 0, null)), "EINVAL");
-    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, 99, 0, importer)), "EBADF");
+    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, 99, 0, P2P_IMPORTER)), "EBADF");
   });
 
   it("a regular file → EINVAL (dma_buf_get), its reference untouched", () => {
     const s = setup();
     const rfd = must(openRegular(s.proc, "notes.txt"), "open");
     const f = s.proc.fds.get(rfd)!.file;
-    assert.equal(errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, rfd, 0, importer)), "EINVAL");
+    assert.equal(
+      errnoOf(ibUmemDmabufGet(s.nic, s.proc, 0n, 4096n, rfd, 0, P2P_IMPORTER)),
+      "EINVAL",
+    );
     assert.equal(f.count, 1, "regular file count unchanged");
   });
 
@@ -320,7 +247,7 @@ describe("rdma: ib_umem_dmabuf_get (§5.2, scenario 42)", () => {
     const s = setup();
     const before = s.d.file.count;
     const u = must(
-      ibUmemDmabufGet(s.nic, s.proc, 4096n, 8192n, s.fd, IBV_ACCESS_LOCAL_WRITE, importer),
+      ibUmemDmabufGet(s.nic, s.proc, 4096n, 8192n, s.fd, IBV_ACCESS_LOCAL_WRITE, P2P_IMPORTER),
       "get",
     );
     assert.equal(s.d.attachments.length, 1, "attached");
@@ -348,7 +275,7 @@ describe("rdma: ib_umem_dmabuf_map_pages / unmap_pages (§5.5, scenario 47)", ()
     const a = bedA({ profile });
     const { rec, dmabuf } = tableExporter(a.core, ENTRIES, 0x4000n);
     const fd = installFd(a.proc, dmabuf);
-    const u = must(ibUmemDmabufGet(a.nic, a.proc, offset, length, fd, 0, importer), "get");
+    const u = must(ibUmemDmabufGet(a.nic, a.proc, offset, length, fd, 0, P2P_IMPORTER), "get");
     dmabuf.resv.lock("test");
     const m = ibUmemDmabufMapPages(u);
     dmabuf.resv.unlock("test");
@@ -442,7 +369,7 @@ describe("rdma: ib_umem_dmabuf_map_pages / unmap_pages (§5.5, scenario 47)", ()
     const a = bedA();
     const { dmabuf } = tableExporter(a.core, ENTRIES, 0x4000n);
     const fd = installFd(a.proc, dmabuf);
-    const u = must(ibUmemDmabufGet(a.nic, a.proc, 0n, 0x4000n, fd, 0, importer), "get");
+    const u = must(ibUmemDmabufGet(a.nic, a.proc, 0n, 0x4000n, fd, 0, P2P_IMPORTER), "get");
     dmabuf.resv.lock("test");
     dmabuf.resv.addFence(new DmaFence({ name: "render", signalAt: 500 }), "write");
     assert.ok(ibUmemDmabufMapPages(u).ok, "map with a WRITE fence");
@@ -483,7 +410,7 @@ describe("rdma: revoke (mainline UMEM-new, scenario 48)", () => {
     const a = bedA({ profile: "6.1" });
     const ex = new SysmemExporter(a.sys, { size: 16n * KiB });
     const fd = installFd(a.proc, must(ex.export(a.core), "export"));
-    const u = must(ibUmemDmabufGet(a.nic, a.proc, 0n, 4096n, fd, 0, importer), "get");
+    const u = must(ibUmemDmabufGet(a.nic, a.proc, 0n, 4096n, fd, 0, P2P_IMPORTER), "get");
     assert.throws(() => ibUmemDmabufRevoke(u), /does not exist in Linux 6.1/);
     ibUmemRelease(u);
   });
@@ -631,8 +558,8 @@ describe("rdma: end to end — machine B writes into machine A's accelerator mem
     const A = bedA({ iommu, hostId, rdma: { odp } });
     fragment(A);
     const ex = exportAccel(A, 128n * KiB);
-    const B = bedB();
-    const l = link(A, B);
+    const B = remoteNicBed();
+    const l = connectQps(A, B);
     const mrA = must(
       l.ctxA.regDmabufMr(l.pdA, 0n, 128n * KiB, 0x5000_0000n, ex.fd, RW),
       "dmabuf MR",
@@ -714,14 +641,7 @@ describe("rdma: end to end — machine B writes into machine A's accelerator mem
     const seg = t.A.tracer.events.find((e) => e.ev === "rdma:map_seg")!;
     assert.equal(seg.data?.["kind"], "iova", "map_seg traces the kind");
     const data = pattern(70_000, 2);
-    hostMrWrite(t.mrB, 0n, data);
-    const wc = t.qpB.postWrite({
-      local: t.mrB,
-      localAddr: t.mrB.addr,
-      length: BigInt(data.length),
-      remoteAddr: t.mrA.iova,
-      rkey: t.mrA.rkey,
-    });
+    const wc = writeFromHostMr(t.qpB, t.mrB, data, t.mrA.iova, t.mrA.rkey);
     assert.equal(wc.status, "IBV_WC_SUCCESS", wcText(wc));
     assert.deepEqual(t.A.sys.memory.read(t.ex.barOf(0n), 65536), data.subarray(0, 65536), "run 1");
     assert.deepEqual(
@@ -772,20 +692,13 @@ describe("rdma: end to end — machine B writes into machine A's accelerator mem
   it("an MR over [0x1800, +0x3000) of the dma-buf at iova 0x9000_0800: iova + n is dma-buf byte 0x1800 + n", () => {
     const A = bedA();
     const ex = exportAccel(A, 64n * KiB);
-    const B = bedB();
-    const l = link(A, B);
+    const B = remoteNicBed();
+    const l = connectQps(A, B);
     const mrA = must(l.ctxA.regDmabufMr(l.pdA, 0x1800n, 0x3000n, 0x9000_0800n, ex.fd, RW), "MR");
     assert.equal(mrA.addr, 0x1800n, "addr = offset");
     const mrB = must(l.ctxB.regMr(l.pdB, 0x3000n, IBV_ACCESS_LOCAL_WRITE), "host");
     const data = pattern(0x3000, 8);
-    hostMrWrite(mrB, 0n, data);
-    const wc = l.qpB.postWrite({
-      local: mrB,
-      localAddr: mrB.addr,
-      length: 0x3000n,
-      remoteAddr: 0x9000_0800n,
-      rkey: mrA.rkey,
-    });
+    const wc = writeFromHostMr(l.qpB, mrB, data, 0x9000_0800n, mrA.rkey);
     assert.equal(wc.status, "IBV_WC_SUCCESS", wcText(wc));
     assert.deepEqual(
       A.sys.memory.read(ex.barOf(0x1800n), 0x3000),
@@ -832,8 +745,8 @@ describe("rdma: work-request errors", () => {
   function setup() {
     const A = bedA();
     const ex = exportAccel(A, 64n * KiB);
-    const B = bedB();
-    const l = link(A, B);
+    const B = remoteNicBed();
+    const l = connectQps(A, B);
     const mrB = must(l.ctxB.regMr(l.pdB, 16n * KiB, IBV_ACCESS_LOCAL_WRITE), "host MR");
     return { A, B, ex, ...l, mrB };
   }
@@ -986,8 +899,8 @@ describe("rdma: dynamic MR invalidation (scenario 46, mlx5)", () => {
     const ex = new SysmemExporter(A.sys, { size: 64n * KiB, dynamic: true, name: "vram" });
     const d = must(ex.export(A.core), "export");
     const fd = installFd(A.proc, d);
-    const B = bedB();
-    const l = link(A, B);
+    const B = remoteNicBed();
+    const l = connectQps(A, B);
     const mrA = must(l.ctxA.regDmabufMr(l.pdA, 0n, 64n * KiB, 0n, fd, RW), "dmabuf MR");
     const mrB = must(l.ctxB.regMr(l.pdB, 64n * KiB, IBV_ACCESS_LOCAL_WRITE), "host MR");
     return { A, B, ex, d, fd, ...l, mrA, mrB };
@@ -1001,14 +914,13 @@ describe("rdma: dynamic MR invalidation (scenario 46, mlx5)", () => {
       assert.equal(t.ex.pins, 0, "not pinned (CONFIG_DMABUF_MOVE_NOTIFY=y)");
       const oldMtt = k.mtt!;
       const oldPhys = t.ex.phys(0x100n);
-      hostMrWrite(t.mrB, 0n, new TextEncoder().encode("first"));
-      const w1 = t.qpB.postWrite({
-        local: t.mrB,
-        localAddr: t.mrB.addr,
-        length: 5n,
-        remoteAddr: 0x100n,
-        rkey: t.mrA.rkey,
-      });
+      const w1 = writeFromHostMr(
+        t.qpB,
+        t.mrB,
+        new TextEncoder().encode("first"),
+        0x100n,
+        t.mrA.rkey,
+      );
       assert.equal(w1.status, "IBV_WC_SUCCESS", wcText(w1));
       assert.deepEqual(
         t.A.sys.memory.read(oldPhys as PhysAddr, 5),
@@ -1028,14 +940,13 @@ describe("rdma: dynamic MR invalidation (scenario 46, mlx5)", () => {
       );
       const newPhys = t.ex.phys(0x100n);
       assert.notEqual(newPhys, oldPhys, "the buffer moved");
-      hostMrWrite(t.mrB, 0n, new TextEncoder().encode("again"));
-      const w2 = t.qpB.postWrite({
-        local: t.mrB,
-        localAddr: t.mrB.addr,
-        length: 5n,
-        remoteAddr: 0x100n,
-        rkey: t.mrA.rkey,
-      });
+      const w2 = writeFromHostMr(
+        t.qpB,
+        t.mrB,
+        new TextEncoder().encode("again"),
+        0x100n,
+        t.mrA.rkey,
+      );
       assert.equal(w2.status, "IBV_WC_SUCCESS", wcText(w2));
       assert.ok(
         t.A.tracer.events.some((e) => e.ev === "rdma:page_fault"),
@@ -1095,8 +1006,8 @@ describe("rdma: pinned MR (EFA / irdma / bnxt_re style)", () => {
       const ex = new SysmemExporter(A.sys, { size: 32n * KiB, dynamic: true });
       const d = must(ex.export(A.core), "export");
       const fd = installFd(A.proc, d);
-      const B = bedB();
-      const l = link(A, B);
+      const B = remoteNicBed();
+      const l = connectQps(A, B);
       const mrA = must(l.ctxA.regDmabufMr(l.pdA, 0n, 32n * KiB, 0n, fd, RW), "pinned MR");
       const mrB = must(l.ctxB.regMr(l.pdB, 4096n, IBV_ACCESS_LOCAL_WRITE), "host");
       const k = kernelMrOf(mrA)!;
@@ -1117,14 +1028,7 @@ describe("rdma: pinned MR (EFA / irdma / bnxt_re style)", () => {
       );
       assert.equal(k.mtt, mtt, "translation kept");
       assert.notEqual(umem.sgt, null, "still mapped");
-      hostMrWrite(mrB, 0n, pattern(100, 5));
-      const wc = l.qpB.postWrite({
-        local: mrB,
-        localAddr: mrB.addr,
-        length: 100n,
-        remoteAddr: 0x2000n,
-        rkey: mrA.rkey,
-      });
+      const wc = writeFromHostMr(l.qpB, mrB, pattern(100, 5), 0x2000n, mrA.rkey);
       assert.equal(wc.status, "IBV_WC_SUCCESS", wcText(wc));
       assert.deepEqual(
         A.sys.memory.read(ex.phys(0x2000n) as PhysAddr, 100),
@@ -1194,7 +1098,7 @@ describe("rdma: page-size check (mlx5_umem_dmabuf_find_best_pgsz)", () => {
 
 describe("rdma: host MRs (ib_umem_get)", () => {
   it("pins the user pages (refcount 2) and maps them; dereg unpins and frees the buffer", () => {
-    const B = bedB();
+    const B = remoteNicBed();
     const ctx = must(B.nic.open(B.proc), "open");
     const pd = ctx.allocPd();
     const mr = must(ctx.regMr(pd, 3n * 4096n + 10n, IBV_ACCESS_LOCAL_WRITE), "reg");
@@ -1220,7 +1124,7 @@ describe("rdma: host MRs (ib_umem_get)", () => {
   });
 
   it("REMOTE_WRITE without LOCAL_WRITE → EINVAL; length 0 → EINVAL; ON_DEMAND on a non-ODP device → EINVAL", () => {
-    const B = bedB({ rdma: { odp: false } });
+    const B = remoteNicBed({ rdma: { odp: false } });
     const ctx = must(B.nic.open(B.proc), "open");
     const pd = ctx.allocPd();
     assert.equal(errnoOf(ctx.regMr(pd, 4096n, IBV_ACCESS_REMOTE_WRITE)), "EINVAL", "remote write");
@@ -1239,8 +1143,8 @@ describe("rdma: lifetime — process exit, fds, leaks", () => {
   function setup() {
     const A = bedA({ iommu: "dma", hostId: "8086:2020" });
     const ex = exportAccel(A, 64n * KiB);
-    const B = bedB();
-    const l = link(A, B);
+    const B = remoteNicBed();
+    const l = connectQps(A, B);
     const mrA = must(l.ctxA.regDmabufMr(l.pdA, 0n, 64n * KiB, 0n, ex.fd, RW), "dmabuf MR");
     const hostA = must(l.ctxA.regMr(l.pdA, 8192n, IBV_ACCESS_LOCAL_WRITE), "host MR on A");
     const mrB = must(l.ctxB.regMr(l.pdB, 8192n, IBV_ACCESS_LOCAL_WRITE), "host MR on B");
@@ -1287,14 +1191,7 @@ describe("rdma: lifetime — process exit, fds, leaks", () => {
     const t = setup();
     assert.ok(sysClose(t.A.proc, t.ex.fd).ok, "close dma-buf fd");
     assert.equal(t.A.hl.dmabuf_export_cnt, 1, "still exported: the umem holds a reference");
-    hostMrWrite(t.mrB, 0n, pattern(64, 6));
-    const wc = t.qpB.postWrite({
-      local: t.mrB,
-      localAddr: t.mrB.addr,
-      length: 64n,
-      remoteAddr: 0n,
-      rkey: t.mrA.rkey,
-    });
+    const wc = writeFromHostMr(t.qpB, t.mrB, pattern(64, 6), 0n, t.mrA.rkey);
     assert.equal(wc.status, "IBV_WC_SUCCESS", wcText(wc));
     assert.deepEqual(t.A.sys.memory.read(t.ex.barOf(0n), 64), pattern(64, 6), "write landed");
     assert.ok(t.ctxA.deregMr(t.mrA).ok, "dereg");

@@ -64,13 +64,12 @@ import {
   type Scatterlist,
   type SgTable,
   sg_alloc_table_from_pages_segment,
-  sg_dma_is_bus_address,
   sg_free_table,
   UINT_MAX,
 } from "../lib/scatterlist.ts";
 import { PAGE_SIZE_N, type Page } from "../mm/page.ts";
 import { System } from "../system.ts";
-import type { DmaAddrKind } from "../trace.ts";
+import { type DmaSeg, dmaSegOf } from "./dma-segs.ts";
 
 // ── access flags ─────────────────────────────────────────────────────────────────────────────
 // rdma-core libibverbs/verbs.h `enum ibv_access_flags`, equal to the kernel's
@@ -146,11 +145,7 @@ export function ibAccessWritable(access: number): boolean {
 // ── umems ────────────────────────────────────────────────────────────────────────────────────
 
 /** One DMA segment as the device sees it (the MTT keeps a copy of these). */
-export interface DmaSeg {
-  readonly dma: bigint;
-  readonly len: bigint;
-  readonly kind: DmaAddrKind;
-}
+export type { DmaSeg };
 
 /** A user buffer: pages of RAM behind a user virtual address (what malloc/mmap returned). */
 export interface UserBuffer {
@@ -306,11 +301,6 @@ export function ibUmemFindBestPgsz(umem: Umem, pgszBitmap: bigint, virt: bigint)
   if (mask) bm &= genmask(ctz(mask), 0);
   if (bm === 0n) return 0n;
   return 1n << BigInt(bm.toString(2).length - 1);
-}
-
-/** What kind of address the device got: bus-marked, a peer BAR reached without IOMMU, IOVA, physical. */
-function segKind(sys: System, dev: DmaDevice, sg: Scatterlist): DmaAddrKind {
-  return sys.dmaAddrKind(dev, sg.dma_address, sg_dma_is_bus_address(sg));
 }
 
 /**
@@ -550,11 +540,7 @@ export function ibUmemDmabufMapPages(umem: IbUmemDmabuf): DbResult {
     umem.umem_sgl = umem.first_sg;
     umem.umem_nents = nmap;
     umem.sgt = sgt;
-    const segs = [...umemDmaSgs(umem)].map((sg) => ({
-      dma: sg.dma_address as bigint,
-      len: BigInt(sg.dma_length),
-      kind: segKind(dev.sys, dev.dev, sg),
-    }));
+    const segs = [...umemDmaSgs(umem)].map((sg) => dmaSegOf(dev.sys, dev.dev, sg));
     dev.sys.trace.emit(
       "rdma:map_pages",
       `${dev.name}: ib_umem_dmabuf_map_pages ${attach.dmabuf.describe()} window [${hex(start)}, ${hex(end)}): ${nmap} segment(s), peer2peer=${attach.peer2peer}`,
@@ -794,11 +780,7 @@ export class RdmaDevice implements LeakSource {
 
   /** Loads the MR's translation from its umem (UMR / create_mkey). models mlx5r_umr_update_mr_pas() */
   #updateMrPas(mr: IbMr): void {
-    mr.mtt = [...umemDmaSgs(mr.umem)].map((sg) => ({
-      dma: sg.dma_address as bigint,
-      len: BigInt(sg.dma_length),
-      kind: segKind(this.sys, this.dev, sg),
-    }));
+    mr.mtt = [...umemDmaSgs(mr.umem)].map((sg) => dmaSegOf(this.sys, this.dev, sg));
   }
 
   /**

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { topo } from "../../../../test/support/topology.ts";
+import {
+  amdgpu,
+  connectQps,
+  MLX5,
+  RW,
+  remoteNicBed,
+  rootPortMachine,
+  writeFromHostMr,
+} from "../../../../test/support/beds.ts";
+import { clean, errnoOf, j, must, wcText, why } from "../../../../test/support/check.ts";
 import type { IommuMode } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
 import {
@@ -37,21 +46,13 @@ import {
   sysIoctl,
   sysMmap,
 } from "../dma-buf/file.ts";
-import { type Leak, type LeakSource, leakReport } from "../leaks.ts";
+import type { LeakSource } from "../leaks.ts";
 import { for_each_sgtable_dma_sg, for_each_sgtable_sg, type SgTable } from "../lib/scatterlist.ts";
 import { PAGE_SIZE_N } from "../mm/page.ts";
 import { type KernelProfile, PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
 import { Tracer } from "../trace.ts";
-import {
-  hostMrWrite,
-  IBV_ACCESS_LOCAL_WRITE,
-  IBV_ACCESS_REMOTE_READ,
-  IBV_ACCESS_REMOTE_WRITE,
-  kernelMrOf,
-  RdmaDevice,
-  type WorkCompletion,
-} from "./rdma.ts";
+import { IBV_ACCESS_LOCAL_WRITE, kernelMrOf, RdmaDevice } from "./rdma.ts";
 import {
   DMA_HEAP_IOCTL_ALLOC,
   dmaHeapAlloc,
@@ -76,24 +77,6 @@ const KiB = 1n << 10n;
 const MiB = 1n << 20n;
 type ProfileId = "6.1" | "mainline";
 
-function j(v: unknown): string {
-  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : x));
-}
-const why = (r: { ok: boolean }): string => (r.ok ? "ok" : j(r));
-const errnoOf = (r: { ok: boolean; errno?: string }): string | undefined =>
-  r.ok ? undefined : r.errno;
-const wcText = (wc: WorkCompletion): string => `${wc.status} ${wc.detail ?? ""}`;
-
-function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
-  assert.ok(r.ok, `${what}: ${why(r)}`);
-  return (r as { value: T }).value;
-}
-
-function clean(sources: LeakSource[], what = "leak check"): void {
-  const leaks: Leak[] = leakReport(sources);
-  assert.deepEqual(leaks, [], `${what}: ${j(leaks)}`);
-}
-
 const pattern = (n: number, seed: number): Uint8Array =>
   Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed * 11 + 1) & 0xff);
 
@@ -102,14 +85,7 @@ function bed(
   o: { profile?: ProfileId | KernelProfile; iommu?: IommuMode; dmaDebug?: boolean } = {},
 ) {
   const tracer = new Tracer(true);
-  const desc = topo()
-    .hostFn("00:00.0", "8086:2020")
-    .rootPort("00:01.0")
-    .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("02:00.0", { parent: "00:02.0", id: "1002:740f", driver: "amdgpu" })
-    .iommu(o.iommu ?? "off")
-    .build();
+  const desc = rootPortMachine([MLX5, amdgpu()], { iommu: o.iommu ?? "off" });
   const sys = new System(desc, { tracer, ...(o.dmaDebug ? { dmaDebug: true } : {}) });
   const profile = typeof o.profile === "object" ? o.profile : PROFILES[o.profile ?? "mainline"];
   const core = new DmaBufCore({ profile });
@@ -485,20 +461,6 @@ describe("udmabuf: map_dma_buf (any importer)", () => {
 
 // ── RDMA ─────────────────────────────────────────────────────────────────────────────────────
 
-/** Machine B: one mlx5 NIC, IOMMU on. */
-function bedB() {
-  const desc = topo()
-    .hostFn("00:00.0", "8086:2020")
-    .rootPort("00:01.0")
-    .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu("dma")
-    .build();
-  const sys = new System(desc, { tracer: new Tracer(true) });
-  const core = new DmaBufCore({ profile: PROFILES.mainline });
-  const nic = new RdmaDevice(sys, core, "01:00.0");
-  return { sys, core, nic, proc: new Process("client") };
-}
-
 describe("udmabuf + RDMA: a NIC imports a udmabuf and a remote WRITE lands in the memfd", () => {
   const cases = [
     { profile: "6.1", odp: true },
@@ -511,29 +473,15 @@ describe("udmabuf + RDMA: a NIC imports a udmabuf and a remote WRITE lands in th
       const memfdFd = memfd(A, 64n * KiB, F_SEAL_SHRINK, new Uint8Array(64 * 1024));
       const u = must(create(A, memfdFd, 0n, 64n * KiB), "udmabuf");
       const nicA = new RdmaDevice(A.sys, A.core, "01:00.0", { odp: c.odp });
-      const B = bedB();
-      const ctxA = must(nicA.open(A.proc), "open A");
-      const ctxB = must(B.nic.open(B.proc), "open B");
-      const pdA = ctxA.allocPd();
-      const pdB = ctxB.allocPd();
-      const qpA = ctxA.createQp(pdA);
-      const qpB = ctxB.createQp(pdB);
-      qpB.connect(qpA);
-      const access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-      const mrA = must(ctxA.regDmabufMr(pdA, 0n, 64n * KiB, 0x1000_0000n, u, access), "udmabuf MR");
+      const B = remoteNicBed({ proc: "client" });
+      const { ctxA, ctxB, pdA, pdB, qpB } = connectQps({ nic: nicA, proc: A.proc }, B);
+      const mrA = must(ctxA.regDmabufMr(pdA, 0n, 64n * KiB, 0x1000_0000n, u, RW), "udmabuf MR");
       const k = kernelMrOf(mrA)!;
       assert.ok(k.mtt!.length >= 1, "translation loaded");
       for (const s of k.mtt!) assert.equal(s.kind, "iova", "IOVA");
       const mrB = must(ctxB.regMr(pdB, 64n * KiB, IBV_ACCESS_LOCAL_WRITE), "host MR");
       const data = pattern(20_000, 7);
-      hostMrWrite(mrB, 0n, data);
-      const wc = qpB.postWrite({
-        local: mrB,
-        localAddr: mrB.addr,
-        length: BigInt(data.length),
-        remoteAddr: mrA.iova + 5000n,
-        rkey: mrA.rkey,
-      });
+      const wc = writeFromHostMr(qpB, mrB, data, mrA.iova + 5000n, mrA.rkey);
       assert.equal(wc.status, "IBV_WC_SUCCESS", wcText(wc));
       assert.equal(wc.detail, undefined, `nothing dropped: ${wcText(wc)}`);
       assert.deepEqual(

@@ -49,7 +49,7 @@ import {
 import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { KernelBug, kok } from "../errno.ts";
 import { dmaClient } from "../iommu/iova.ts";
-import type { Leak, LeakSource } from "../leaks.ts";
+import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
   for_each_sgtable_dma_sg,
   for_each_sgtable_sg,
@@ -756,13 +756,7 @@ export class UdmabufDevice implements LeakSource {
 
   /** Buffers not released and importer tables not unmapped. */
   leaks(): Leak[] {
-    const out: Leak[] = [];
-    for (const t of this.outstanding)
-      out.push({
-        kind: "sg-mapping",
-        owner: "udmabuf",
-        detail: `${t.name}: ${t.nents} DMA segment(s) handed out by map_dma_buf and never unmapped`,
-      });
+    const out: Leak[] = unmappedTableLeaks("udmabuf", this.outstanding);
     for (const b of this.bufs)
       out.push({
         kind: "udmabuf",

@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { topo } from "../../../../test/support/topology.ts";
+import {
+  connectQps,
+  RW,
+  remoteNicBed,
+  switchMachine,
+  writeFromHostMr,
+} from "../../../../test/support/beds.ts";
+import { clean, errnoOf, j, must, wcText, why } from "../../../../test/support/check.ts";
 import { physAddr } from "../../hw/address.ts";
 import type { IommuMode, MachineDescription } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
@@ -28,21 +35,18 @@ import {
   sysMmap,
 } from "../dma-buf/file.ts";
 import { physVecMapping } from "../dma-buf/phys-vec.ts";
-import { type Leak, type LeakSource, leakReport } from "../leaks.ts";
+import type { LeakSource } from "../leaks.ts";
 import { for_each_sgtable_dma_sg, type SgTable, sg_page } from "../lib/scatterlist.ts";
 import { type KernelProfile, PROFILES } from "../profile.ts";
 import { System } from "../system.ts";
 import { Tracer } from "../trace.ts";
 import {
-  hostMrWrite,
   IBV_ACCESS_LOCAL_WRITE,
-  IBV_ACCESS_REMOTE_READ,
   IBV_ACCESS_REMOTE_WRITE,
   type IbUmemDmabuf,
   kernelMrOf,
   RdmaDevice,
   type RdmaOptions,
-  type WorkCompletion,
 } from "./rdma.ts";
 import {
   PCI_COMMAND,
@@ -67,26 +71,8 @@ const BAR0 = 0x90_0000_0000n;
 const BAR2 = 0x80_0000_0000n;
 const BAR4 = 0x100_0000_0000n;
 
-/** JSON with bigints in hex, for assertion messages. */
-function j(v: unknown): string {
-  return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `0x${x.toString(16)}` : x));
-}
-const why = (r: { ok: boolean }): string => (r.ok ? "ok" : j(r));
 const rd = (sys: System, addr: bigint, len: number): Uint8Array =>
   sys.memory.read(physAddr(addr), len);
-const errnoOf = (r: { ok: boolean; errno?: string }): string | undefined =>
-  r.ok ? undefined : r.errno;
-const wcText = (wc: WorkCompletion): string => `${wc.status} ${wc.detail ?? ""}`;
-
-function must<T>(r: { ok: true; value: T } | { ok: false }, what: string): T {
-  assert.ok(r.ok, `${what}: ${why(r)}`);
-  return (r as { value: T }).value;
-}
-
-function clean(sources: LeakSource[], what = "leak check"): void {
-  const leaks: Leak[] = leakReport(sources);
-  assert.deepEqual(leaks, [], `${what}: ${j(leaks)}`);
-}
 
 interface MachineOpts {
   iommu?: IommuMode;
@@ -102,14 +88,8 @@ interface MachineOpts {
  * ACS: a switch-local pair); a second NIC 05:00.0 behind root port 00:02.0.
  */
 function machine(o: MachineOpts = {}): MachineDescription {
-  const d = topo()
-    .hostFn("00:00.0", o.hostId ?? "8086:2020")
-    .rootPort("00:01.0")
-    .usp("01:00.0", { parent: "00:01.0" })
-    .dsp("02:00.0", { parent: "01:00.0" })
-    .dsp("02:01.0", { parent: "01:00.0" })
-    .ep("03:00.0", {
-      parent: "02:00.0",
+  return switchMachine({
+    exporter: {
       id: "10de:2330",
       driver: "vfio-pci",
       bars: [
@@ -117,15 +97,14 @@ function machine(o: MachineOpts = {}): MachineDescription {
         { index: 2, start: BAR2, size: 64n * MiB },
         { index: 4, start: BAR4, size: 8n * GiB },
       ],
-    })
-    .ep("04:00.0", { parent: "02:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .rootPort("00:02.0")
-    .ep("05:00.0", { parent: "00:02.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu(o.iommu ?? "off")
-    .build();
-  if (o.busOffset === undefined) return d;
-  const windows = [{ cpuStart: BAR2, size: 64n * MiB, busStart: BAR2 + o.busOffset }];
-  return { ...d, hostBridges: [{ domain: 0, bus: 0, windows }] };
+    },
+    hostId: o.hostId ?? "8086:2020",
+    iommu: o.iommu,
+    window:
+      o.busOffset === undefined
+        ? undefined
+        : { cpuStart: BAR2, size: 64n * MiB, busOffset: o.busOffset },
+  });
 }
 
 interface BedOpts extends MachineOpts {
@@ -758,23 +737,6 @@ describe("vfio-pci: revoke (§8.35)", () => {
 
 // ── RDMA end to end ─────────────────────────────────────────────────────────────────────────
 
-/** Machine B: one mlx5 NIC below one root port, IOMMU on. */
-function bedB() {
-  const tracer = new Tracer(true);
-  const desc = topo()
-    .hostFn("00:00.0", "8086:2020")
-    .rootPort("00:01.0")
-    .ep("01:00.0", { parent: "00:01.0", id: "15b3:101d", driver: "mlx5_core" })
-    .iommu("dma")
-    .build();
-  const sys = new System(desc, { tracer });
-  const core = new DmaBufCore({ profile: PROFILES.mainline });
-  const nic = new RdmaDevice(sys, core, "01:00.0");
-  const proc = new Process("client");
-  return { sys, core, nic, proc, tracer };
-}
-
-const RW = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
 const pattern = (n: number, seed: number): Uint8Array =>
   Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed * 5 + 3) & 0xff);
 
@@ -783,27 +745,13 @@ function e2e(o: BedOpts & { nic: string; ranges: [bigint, bigint][]; rdma?: Rdma
   const A = bed(o);
   const ex = exportBar(A, o.ranges);
   const nicA = new RdmaDevice(A.sys, A.core, o.nic, o.rdma ?? {});
-  const B = bedB();
-  const ctxA = must(nicA.open(A.proc), "open A");
-  const ctxB = must(B.nic.open(B.proc), "open B");
-  const pdA = ctxA.allocPd();
-  const pdB = ctxB.allocPd();
-  const qpA = ctxA.createQp(pdA);
-  const qpB = ctxB.createQp(pdB);
-  qpB.connect(qpA);
+  const B = remoteNicBed({ proc: "client" });
+  const { ctxA, ctxB, pdA, pdB, qpA, qpB } = connectQps({ nic: nicA, proc: A.proc }, B);
   const size = ex.dmabuf.size;
   const mrA = must(ctxA.regDmabufMr(pdA, 0n, size, 0x7000_0000n, ex.fd, RW), "vfio dma-buf MR");
   const mrB = must(ctxB.regMr(pdB, size, IBV_ACCESS_LOCAL_WRITE), "host MR");
-  const write = (off: bigint, data: Uint8Array) => {
-    hostMrWrite(mrB, 0n, data);
-    return qpB.postWrite({
-      local: mrB,
-      localAddr: mrB.addr,
-      length: BigInt(data.length),
-      remoteAddr: mrA.iova + off,
-      rkey: mrA.rkey,
-    });
-  };
+  const write = (off: bigint, data: Uint8Array) =>
+    writeFromHostMr(qpB, mrB, data, mrA.iova + off, mrA.rkey);
   const done = () => {
     sysExit(A.proc);
     sysExit(B.proc);

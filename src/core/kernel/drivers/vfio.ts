@@ -56,14 +56,11 @@ import {
 import { dmaBufFreeSgt, dmaBufPhysVecToSgt, type PhysVec } from "../dma-buf/phys-vec.ts";
 import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { KernelBug, kok } from "../errno.ts";
-import type { Leak, LeakSource } from "../leaks.ts";
-import {
-  for_each_sgtable_dma_sg,
-  type SgTable,
-  sg_dma_is_bus_address,
-} from "../lib/scatterlist.ts";
+import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
+import type { SgTable } from "../lib/scatterlist.ts";
 import { type P2pProvider, PAGE_SIZE_N } from "../mm/page.ts";
 import type { System } from "../system.ts";
+import { dmaSegments, dmaSegsText } from "./dma-segs.ts";
 
 // include/uapi/linux/vfio.h
 /** `VFIO_TYPE` (';') and `VFIO_BASE`. */
@@ -664,16 +661,11 @@ export class VfioPciDevice implements LeakSource {
     }
     this.outstanding.add(r.value);
     if (this.sys.trace.enabled) {
-      const entries = [...for_each_sgtable_dma_sg(r.value)].map((s) => ({
-        dma: s.dma_address as bigint,
-        len: BigInt(s.dma_length),
-        kind: this.sys.dmaAddrKind(a.dev, s.dma_address, sg_dma_is_bus_address(s)),
-      }));
-      this.#emit(
-        "vfio:map",
-        `mapped for ${a.dev.name}: ${entries.map((e) => `${hex(e.dma)}+${hex(e.len)} ${e.kind}`).join(", ")}`,
-        { importer: a.dev.fn.name, entries },
-      );
+      const entries = dmaSegments(this.sys, a.dev, r.value);
+      this.#emit("vfio:map", `mapped for ${a.dev.name}: ${dmaSegsText(entries)}`, {
+        importer: a.dev.fn.name,
+        entries,
+      });
     }
     return r;
   }
@@ -710,12 +702,7 @@ export class VfioPciDevice implements LeakSource {
   leaks(): Leak[] {
     const owner = this.name;
     const out: Leak[] = [];
-    for (const t of this.outstanding)
-      out.push({
-        kind: "sg-mapping",
-        owner,
-        detail: `${t.name}: ${t.nents} DMA segment(s) handed out by map_dma_buf and never unmapped`,
-      });
+    out.push(...unmappedTableLeaks(owner, this.outstanding));
     for (const p of this.exports)
       out.push({
         kind: "vfio-dmabuf",
