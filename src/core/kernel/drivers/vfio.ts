@@ -27,9 +27,7 @@
  * Model choices: only the group path's device fd (no iommufd cdev binding, no VFIO container or
  * DMA mapping of user memory), the PCI_COMMAND register of the emulated config space, no power
  * states (D3hot, runtime PM entry also revoke in the kernel), no hot reset of a device set, no
- * unbind (vfio_device_try_get_registration never fails). The P2PDMA provider of a BAR
- * (pcim_p2pdma_provider) needs p2pdma state, which the model's registry only creates through
- * `pci_p2pdma_add_resource`: the first memory BAR is registered that way at bind.
+ * unbind (vfio_device_try_get_registration never fails).
  */
 
 import { hex } from "../../hw/address.ts";
@@ -189,14 +187,9 @@ export class VfioPciDevice implements LeakSource {
     this.resetWorks = opts.resetWorks ?? true;
     if (core.profile.vfioDmaBuf) {
       // models pcim_p2pdma_init() at probe ("vfio/pci: Enable peer-to-peer DMA transactions by
-      // default"): see the module comment for why a BAR gets registered
-      const bars = (fn.desc.bars ?? []).filter((b) => b.mem && b.size > 0n);
-      const first = bars[0];
-      if (first) {
-        const r = sys.p2pmem.addResource(fn, first.index, first.size, 0n);
-        if (!r.ok) throw new Error(`${this.name}: p2pdma state: ${r.errno}`);
-        for (const [bar, p] of sys.p2pmem.state(fn)?.providers ?? []) this.#providers.set(bar, p);
-      }
+      // default"): a provider for every memory BAR, no ZONE_DEVICE pages
+      for (const [bar, p] of sys.p2pmem.init(fn).providers)
+        if (fn.desc.bars?.some((b) => b.index === bar && b.size > 0n)) this.#providers.set(bar, p);
     }
     this.#fops = {
       name: "vfio_device_fops",

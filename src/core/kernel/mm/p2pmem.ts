@@ -60,8 +60,8 @@ export class P2pmemRegistry {
     return this.#states.get(fn);
   }
 
-  /** Models pcim_p2pdma_init(): per-BAR providers for every memory BAR. */
-  #init(fn: PciFunction): P2pdmaState {
+  /** Models pcim_p2pdma_init(): p2pdma state with a provider for every memory BAR, no pages. */
+  init(fn: PciFunction): P2pdmaState {
     let st = this.#states.get(fn);
     if (st) return st;
     const providers = new Map<number, P2pProvider>();
@@ -88,7 +88,7 @@ export class P2pmemRegistry {
     // devm_memremap_pages works on whole pages
     if ((bar.start + offset) % PAGE_SIZE_N !== 0n || sz % PAGE_SIZE_N !== 0n)
       return { ok: false, errno: "EINVAL" };
-    const st = this.#init(fn);
+    const st = this.init(fn);
     const provider = st.providers.get(barIndex)!;
     const start = (bar.start + offset) as PhysAddr;
     const pgmap: DevPagemap = {
