@@ -17,3 +17,14 @@ export function editDistance(a: string, b: string): number {
   }
   return prev[b.length]!;
 }
+
+/** A size for people: `2 MiB` when it is a whole number of GiB/MiB/KiB, else `N` + `unit`. */
+export function sizeText(n: bigint, unit = " bytes"): string {
+  for (const [u, name] of [
+    [1n << 30n, "GiB"],
+    [1n << 20n, "MiB"],
+    [1n << 10n, "KiB"],
+  ] as const)
+    if (n >= u && n % u === 0n) return `${n / u} ${name}`;
+  return `${n}${unit}`;
+}

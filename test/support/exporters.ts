@@ -16,7 +16,6 @@ import {
   sysClose,
   sysIoctl,
 } from "../../src/core/kernel/dma-buf/file.ts";
-import type { DbErrno, DbResult } from "../../src/core/kernel/dma-buf/result.ts";
 import type { SysmemExporter } from "../../src/core/kernel/dma-buf/sysmem-exporter.ts";
 import type { AccelMapMode, HlDmabufPriv } from "../../src/core/kernel/drivers/accel.ts";
 import type { GpuBo } from "../../src/core/kernel/drivers/gpu.ts";
@@ -34,6 +33,7 @@ import {
   VfioPciDevice,
   vfioDeviceFeatureDmaBuf,
 } from "../../src/core/kernel/drivers/vfio.ts";
+import type { Errno, KResult } from "../../src/core/kernel/errno.ts";
 import { sg_alloc_table_from_pages, sg_free_table } from "../../src/core/kernel/lib/scatterlist.ts";
 import type { P2pMapType } from "../../src/core/kernel/pci/p2pdma.ts";
 import { ErrnoError } from "../../src/core/sim/sim-machine.ts";
@@ -42,7 +42,7 @@ import { BAR, BDF, type Bed, bed, type Cfg, fnOf, readAt, readPages } from "./co
 /** What an importer gets: a table (and whether a DMA through it reaches the bytes), or an errno. */
 export type Expect =
   | { readonly maps: true; readonly dma: "lands" | "faults" }
-  | { readonly maps: false; readonly errnos: readonly DbErrno[]; readonly at: "attach" | "map" };
+  | { readonly maps: false; readonly errnos: readonly Errno[]; readonly at: "attach" | "map" };
 
 export interface Promises {
   /** A static importer (dma_buf_attach: no importer ops, peer2peer=0). */
@@ -92,7 +92,7 @@ export interface ExporterFactory {
   readonly movesUnlessPinned?: boolean;
 }
 
-function must<T>(r: DbResult<T>, what: string): T {
+function must<T>(r: KResult<T>, what: string): T {
   if (r.ok) return r.value;
   throw new ErrnoError(r.errno, r.reason ?? "", what);
 }

@@ -12,7 +12,6 @@ import {
   dmaBufUnmapAttachmentUnlocked,
 } from "../../src/core/kernel/dma-buf/attachment.ts";
 import { dmaBufGet, dmaBufPut } from "../../src/core/kernel/dma-buf/file.ts";
-import type { DbResult } from "../../src/core/kernel/dma-buf/result.ts";
 import {
   hostMrWrite,
   IBV_ACCESS_LOCAL_WRITE,
@@ -21,6 +20,7 @@ import {
   kernelMrOf,
   type RdmaOptions,
 } from "../../src/core/kernel/drivers/rdma.ts";
+import type { KResult } from "../../src/core/kernel/errno.ts";
 import { for_each_sgtable_dma_sg } from "../../src/core/kernel/lib/scatterlist.ts";
 import type { System } from "../../src/core/kernel/system.ts";
 import { ErrnoError } from "../../src/core/sim/sim-machine.ts";
@@ -56,7 +56,7 @@ export interface ImporterFactory {
   open(b: Bed): ImporterUnderTest;
 }
 
-function must<T>(r: DbResult<T>, what: string): T {
+function must<T>(r: KResult<T>, what: string): T {
   if (r.ok) return r.value;
   throw new ErrnoError(r.errno, r.reason ?? "", what);
 }

@@ -7,6 +7,7 @@
  */
 
 import type { CompatCell, CompatOutcome, CompatResult } from "../../core/analysis/compat.ts";
+import { sizeText } from "../../core/text.ts";
 import type { Colors } from "../io.ts";
 
 const CODE: Readonly<Record<CompatOutcome, string>> = {
@@ -43,7 +44,7 @@ export function renderCompat(r: CompatResult, c: Colors, names: Map<string, stri
   };
   const lines: string[] = [
     c.bold(
-      `${r.machine}: kernel ${r.kernel}, IOMMU ${r.iommu}, ${r.importerMode} importers${r.moveNotify ? ", CONFIG_DMABUF_MOVE_NOTIFY=y" : ""}, ${sizeText(r.bufferSize)} buffers`,
+      `${r.machine}: kernel ${r.kernel}, IOMMU ${r.iommu}, ${r.importerMode} importers${r.moveNotify ? ", CONFIG_DMABUF_MOVE_NOTIFY=y" : ""}, ${sizeText(r.bufferSize, "-byte")} buffers`,
     ),
     "",
     `${"".padEnd(rw)}${cols.map((l) => l.padStart(w)).join("")}`,
@@ -114,14 +115,4 @@ export function renderCompat(r: CompatResult, c: Colors, names: Map<string, stri
       `  ${d.name.padEnd(lw)} ${d.bdf}  ${d.how}${d.bdf && names.get(d.bdf) ? `  ${names.get(d.bdf)}` : ""}`,
     );
   return lines.join("\n");
-}
-
-function sizeText(n: bigint): string {
-  for (const [u, name] of [
-    [1n << 30n, "GiB"],
-    [1n << 20n, "MiB"],
-    [1n << 10n, "KiB"],
-  ] as const)
-    if (n >= u && n % u === 0n) return `${n / u} ${name}`;
-  return `${n}-byte`;
 }

@@ -7,19 +7,10 @@
 
 import type { TraceEvent } from "../../core/kernel/trace.ts";
 import type { ScenarioResult, StepResult } from "../../core/scenario/run-scenario.ts";
+import { sizeText } from "../../core/text.ts";
 import type { Colors } from "../io.ts";
 
 const MAX_SEGMENTS = 8;
-
-function sizeText(n: bigint): string {
-  const units: [bigint, string][] = [
-    [1n << 30n, "GiB"],
-    [1n << 20n, "MiB"],
-    [1n << 10n, "KiB"],
-  ];
-  for (const [u, name] of units) if (n >= u && n % u === 0n) return `${n / u} ${name}`;
-  return `${n} bytes`;
-}
 
 function eventLines(ev: TraceEvent, c: Colors): string[] {
   const [subsys] = ev.ev.split(":");

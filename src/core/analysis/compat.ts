@@ -52,8 +52,8 @@
 import { physAddr } from "../hw/address.ts";
 import type { BarDescription, MachineDescription, PciFunction } from "../hw/machine.ts";
 import type { DmaBuf } from "../kernel/dma-buf/dma-buf.ts";
-import type { DbErrno } from "../kernel/dma-buf/result.ts";
-import type { AccelDevice, HlDmabufPriv } from "../kernel/drivers/accel.ts";
+import type { AccelDevice } from "../kernel/drivers/accel.ts";
+import { dmaSegments } from "../kernel/drivers/dma-segs.ts";
 import type { GpuBo, GpuDevice } from "../kernel/drivers/gpu.ts";
 import {
   hostMrWrite,
@@ -80,8 +80,8 @@ import {
   udmabufCreate,
 } from "../kernel/drivers/udmabuf.ts";
 import type { VfioPciDevice } from "../kernel/drivers/vfio.ts";
+import type { Errno } from "../kernel/errno.ts";
 import type { Leak } from "../kernel/leaks.ts";
-import { for_each_sgtable_dma_sg, sg_dma_is_bus_address } from "../kernel/lib/scatterlist.ts";
 import { PAGE_SIZE_N } from "../kernel/mm/page.ts";
 import type { P2pMapType } from "../kernel/pci/p2pdma.ts";
 import { PROFILES } from "../kernel/profile.ts";
@@ -91,10 +91,12 @@ import { Tracer } from "../kernel/trace.ts";
 import {
   ErrnoError,
   must,
+  readPhys,
   SimMachine,
   type SimMachineOptions,
   type SimProcess,
 } from "../sim/sim-machine.ts";
+import { sizeText } from "../text.ts";
 import type { Finding } from "./findings.ts";
 import { type DeviceKind, INTERESTING, kindIndex, kindOf } from "./kinds.ts";
 import { explainPair } from "./p2p.ts";
@@ -147,7 +149,7 @@ export interface CompatNotExporting extends CompatDevice {
    */
   readonly modelled: boolean;
   /** The errno the export attempt got (vfio-pci on a kernel without its dma-buf feature). */
-  readonly errno?: DbErrno;
+  readonly errno?: Errno;
   /** Why it does not export: the kernel's reason for the errno, or what the model lacks. */
   readonly reason: string;
 }
@@ -166,7 +168,7 @@ export interface CompatCell {
   readonly importerBdf: string;
   readonly outcome: CompatOutcome;
   /** When refused. */
-  readonly errno?: DbErrno;
+  readonly errno?: Errno;
   readonly stage: CompatStage;
   /** The kernel's reason for a refusal, the fault, or what the mapping is. */
   readonly reason: string;
@@ -404,12 +406,12 @@ interface Seg {
 type WriteOutcome =
   | null
   | { readonly fault: string }
-  | { readonly refused: DbErrno; readonly reason: string };
+  | { readonly refused: Errno; readonly reason: string };
 
 type ImportAttempt =
   | {
       readonly ok: false;
-      readonly errno: DbErrno;
+      readonly errno: Errno;
       readonly reason: string;
       readonly stage: "attach" | "map" | "registration";
       readonly peer2peer: boolean | null;
@@ -469,7 +471,7 @@ function tryCell(ctx: RunCtx, e: ExporterSession, i: ImporterSession): CompatCel
   };
   const findings = verdict?.findings ?? [];
   const refused = (
-    errno: DbErrno,
+    errno: Errno,
     stage: "attach" | "map" | "registration",
     reason: string,
     peer2peer: boolean | null,
@@ -547,7 +549,7 @@ function tryCell(ctx: RunCtx, e: ExporterSession, i: ImporterSession): CompatCel
  * The kernel's reason, and for a vfio-pci buffer refused with EOPNOTSUPP on a kernel without
  * CONFIG_DMABUF_MOVE_NOTIFY, why a dynamic importer was pinned at all.
  */
-function refusalReason(ctx: RunCtx, e: ExporterSession, errno: DbErrno, reason: string): string {
+function refusalReason(ctx: RunCtx, e: ExporterSession, errno: Errno, reason: string): string {
   if (
     errno === "EOPNOTSUPP" &&
     e.device.how.startsWith("vfio-pci") &&
@@ -584,7 +586,7 @@ function probe(
   buf: Exported,
   write: (off: bigint, data: Uint8Array) => WriteOutcome,
   seed: number,
-): CompatDma | { readonly refused: DbErrno; readonly reason: string } {
+): CompatDma | { readonly refused: Errno; readonly reason: string } {
   const offs = [0n, ctx.size / 2n - BigInt(PROBE / 2), ctx.size - BigInt(PROBE)];
   const datas = offs.map((_, p) => pattern(seed, p));
   for (let p = 0; p < offs.length; p++) {
@@ -593,7 +595,9 @@ function probe(
     if ("refused" in w) return w;
     return { fault: w.fault, landed: false };
   }
-  const landed = offs.every((off, p) => sameBytes(readBacking(ctx, buf, off, PROBE), datas[p]!));
+  const landed = offs.every((off, p) =>
+    sameBytes(readPhys(ctx.sim.sys, buf.phys, off, PROBE), datas[p]!),
+  );
   return { fault: null, landed };
 }
 
@@ -605,29 +609,6 @@ function pattern(seed: number, p: number): Uint8Array {
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, k) => x === b[k]);
-}
-
-/** The buffer's bytes as its exporter holds them, page by page (the backing need not be contiguous). */
-function readBacking(ctx: RunCtx, buf: Exported, off: bigint, len: number): Uint8Array {
-  const out = new Uint8Array(len);
-  let done = 0;
-  while (done < len) {
-    const at = off + BigInt(done);
-    const n = Math.min(len - done, Number(PAGE_SIZE_N - (at % PAGE_SIZE_N)));
-    out.set(ctx.sim.sys.memory.read(physAddr(buf.phys(at)), n), done);
-    done += n;
-  }
-  return out;
-}
-
-function sizeText(n: bigint): string {
-  for (const [u, name] of [
-    [1n << 30n, "GiB"],
-    [1n << 20n, "MiB"],
-    [1n << 10n, "KiB"],
-  ] as const)
-    if (n >= u && n % u === 0n) return `${n / u} ${name}`;
-  return `${n} bytes`;
 }
 
 // ── exporters ────────────────────────────────────────────────────────────────────────────────
@@ -687,17 +668,11 @@ function accelSession(
       const v3 = accel.generation === "v3" && accel.dramVirtualMemory;
       const bfd = ctx.proc.accelExport(fd, { addr: v3 ? handle : va, size: ctx.size });
       const dmabuf = ctx.proc.dmabuf(bfd);
-      const priv = dmabuf.priv as HlDmabufPriv;
+      const phys = accel.backingPhys(dmabuf)!;
       return {
         fd: bfd,
         dmabuf,
-        phys(off) {
-          const pack = priv.phys_pg_pack;
-          if (!pack) return accel.barAddress(priv.device_phys_addr + off);
-          const at = priv.offset + off;
-          const page = pack.pages[Number(at / pack.page_size)]!;
-          return accel.barAddress(page + (at % pack.page_size));
-        },
+        phys,
         migrated: () => false,
         release: () => ctx.proc.close(bfd),
       };
@@ -759,7 +734,7 @@ function vfioSession(
   const fn = dev.fn;
   const path = `/dev/vfio/devices/${node}`;
   const kind = kindOf(fn.desc);
-  const notExporting = (errno: DbErrno | undefined, reason: string) => ({
+  const notExporting = (errno: Errno | undefined, reason: string) => ({
     refused: {
       name,
       bdf: fn.name,
@@ -1102,14 +1077,7 @@ function accelImporterSession(ctx: RunCtx, name: string, accel: AccelDevice): Im
       return {
         ok: true,
         peer2peer: imp.attach.peer2peer,
-        segments: () =>
-          imp.sgt
-            ? [...for_each_sgtable_dma_sg(imp.sgt)].map((x) => ({
-                dma: x.dma_address as bigint,
-                len: BigInt(x.dma_length),
-                kind: ctx.sim.sys.dmaAddrKind(dev, x.dma_address, sg_dma_is_bus_address(x)),
-              }))
-            : [],
+        segments: () => (imp.sgt ? dmaSegments(ctx.sim.sys, dev, imp.sgt) : []),
         write(off, data) {
           ctx.sim.sys.memory.write(physAddr(s.bar), data);
           const c = accel.dmaCopy(imp, off, s.va, BigInt(data.length), "hbm-to-import");

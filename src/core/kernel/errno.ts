@@ -27,6 +27,8 @@ export const ERRNO = {
   ESPIPE: 29,
   EDEADLK: 35,
   EOVERFLOW: 75,
+  /** File descriptor in bad state. */
+  EBADFD: 77,
   EOPNOTSUPP: 95,
   EALREADY: 114,
   EREMOTEIO: 121,
@@ -57,6 +59,7 @@ export const ERRNO_MESSAGE: Readonly<Record<Errno, string>> = {
   ESPIPE: "Illegal seek",
   EDEADLK: "Resource deadlock avoided",
   EOVERFLOW: "Value too large for defined data type",
+  EBADFD: "File descriptor in bad state",
   EOPNOTSUPP: "Operation not supported",
   EALREADY: "Operation already in progress",
   EREMOTEIO: "Remote I/O error",

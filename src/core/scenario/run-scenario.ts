@@ -10,9 +10,8 @@ import type { MachineDescription } from "../hw/machine.ts";
 import type { DmaBuf } from "../kernel/dma-buf/dma-buf.ts";
 import { dmaBufIsDynamic } from "../kernel/dma-buf/dma-buf.ts";
 import { O_CLOEXEC, O_RDONLY, O_RDWR, O_WRONLY } from "../kernel/dma-buf/file.ts";
-import type { DbErrno } from "../kernel/dma-buf/result.ts";
 import { SysmemExporter } from "../kernel/dma-buf/sysmem-exporter.ts";
-import type { AccelDevice, AccelImport, HlDmabufPriv } from "../kernel/drivers/accel.ts";
+import type { AccelDevice, AccelImport } from "../kernel/drivers/accel.ts";
 import {
   hostMrRead,
   hostMrWrite,
@@ -26,11 +25,18 @@ import {
   type IbvPd,
   type IbvQp,
 } from "../kernel/drivers/rdma.ts";
+import type { Errno } from "../kernel/errno.ts";
 import type { Leak } from "../kernel/leaks.ts";
-import { System } from "../kernel/system.ts";
 import { type TraceEvent, Tracer } from "../kernel/trace.ts";
 import type { Import, KernelImporter } from "../sim/kernel-importer.ts";
-import { ErrnoError, SimMachine, type SimProcess, SimUsageError } from "../sim/sim-machine.ts";
+import {
+  ErrnoError,
+  must,
+  readPhys,
+  SimMachine,
+  type SimProcess,
+  SimUsageError,
+} from "../sim/sim-machine.ts";
 import type { Scenario, ScenarioMachine, ScenarioStep, StepExpect } from "./scenario-doc.ts";
 
 /** What one step did and whether that is what the scenario expected. */
@@ -42,7 +48,7 @@ export interface StepResult {
   readonly process?: string;
   readonly note?: string;
   /** `ok` or the errno the kernel returned. */
-  readonly outcome: "ok" | DbErrno;
+  readonly outcome: "ok" | Errno;
   /** A one-line summary of the result (`fd 5`, `3 segments, iova`, `IBV_WC_SUCCESS, 2 MiB`). */
   readonly summary: string;
   /** Expectations that failed, one line each; empty when the step passed. */
@@ -492,7 +498,8 @@ class Runner {
       const d = b.p.dmabuf(b.fd);
       return readDmabuf(b.m, d, offset, want(d.size));
     }
-    if (b.kind === "mem") return readAccel(b.m, b.accel, b.handle, offset, want(b.size));
+    if (b.kind === "mem")
+      return readPhys(b.m.sys, accelPhys(b.accel, b.handle), offset, Number(want(b.size)));
     if (b.kind === "bo") return b.p.gpuFile(b.fd).cpuRead(b.handle, offset, Number(want(b.size)));
     throw new SimUsageError(`"${name}" holds no bytes (it is ${article(b.kind)})`);
   }
@@ -512,14 +519,6 @@ function article(kind: Binding["kind"]): string {
   return n[kind];
 }
 
-function must<T>(
-  r: { ok: true; value: T } | { ok: false; errno: DbErrno; reason?: string },
-  what: string,
-): T {
-  if (r.ok) return r.value;
-  throw new ErrnoError(r.errno, r.reason ?? "", what);
-}
-
 function minBig(a: bigint, b: bigint): bigint {
   return a < b ? a : b;
 }
@@ -533,81 +532,19 @@ function segmentSummary(segs: readonly { kind: string; len: bigint }[]): string 
   return `${segs.length} DMA segment(s)${kinds ? `, ${kinds}` : ""}`;
 }
 
-function readAccel(
-  m: SimMachine,
-  accel: AccelDevice,
-  handle: bigint,
-  offset: bigint,
-  length: bigint,
-): Uint8Array {
+/** Accelerator memory by allocation handle: its DRAM pages through the BAR. */
+function accelPhys(accel: AccelDevice, handle: bigint): (off: bigint) => bigint {
   const pack = accel.idr.get(handle);
   if (!pack) throw new SimUsageError(`accelerator memory handle ${handle} was freed`);
-  return readPages(m.sys, pack.pages, pack.page_size, (a) => accel.barAddress(a), offset, length);
+  return (off) =>
+    accel.barAddress(pack.pages[Number(off / pack.page_size)]! + (off % pack.page_size));
 }
 
-/** Device-memory pages or RAM pages, read through their CPU physical addresses. */
-function readPages(
-  sys: System,
-  pages: readonly bigint[],
-  pageSize: bigint,
-  toPhys: (a: bigint) => bigint,
-  offset: bigint,
-  length: bigint,
-): Uint8Array {
-  const out = new Uint8Array(Number(length));
-  let done = 0n;
-  while (done < length) {
-    const at = offset + done;
-    const page = pages[Number(at / pageSize)];
-    if (page === undefined) throw new SimUsageError("read beyond the buffer");
-    const within = at % pageSize;
-    const n = minBig(pageSize - within, length - done);
-    out.set(sys.memory.read(toPhys(page + within) as never, Number(n)), Number(done));
-    done += n;
-  }
-  return out;
-}
-
-/** The backing bytes of a dma-buf, by exporter (the model's view, not an importer's). */
+/** The backing bytes of a dma-buf (the model's view, not an importer's). */
 function readDmabuf(m: SimMachine, d: DmaBuf, offset: bigint, length: bigint): Uint8Array {
-  if (d.priv instanceof SysmemExporter) {
-    const pages = d.priv.pages.map((p) => System.phys(p) as bigint);
-    return readPages(m.sys, pages, 4096n, (a) => a, offset, length);
-  }
-  for (const g of m.gpus.values()) {
-    const bo = g.boOf(d);
-    if (bo) return g.cpuRead(bo, offset, Number(length));
-  }
-  const vf = d.priv as { phys_vec?: readonly { paddr: bigint; len: bigint }[] } | null;
-  if (vf?.phys_vec) {
-    // vfio: the BAR ranges, back to back, read by CPU physical address
-    const out = new Uint8Array(Number(length));
-    let pos = 0n;
-    let done = 0n;
-    for (const r of vf.phys_vec) {
-      const from = offset + done;
-      if (from < pos + r.len && done < length) {
-        const n = minBig(pos + r.len - from, length - done);
-        out.set(m.sys.memory.read((r.paddr + (from - pos)) as never, Number(n)), Number(done));
-        done += n;
-      }
-      pos += r.len;
-    }
-    return out;
-  }
-  const hl = d.priv as HlDmabufPriv;
-  if (hl?.phys_pg_pack) {
-    const { pages, page_size } = hl.phys_pg_pack;
-    return readPages(
-      m.sys,
-      pages,
-      page_size,
-      (a) => hl.dev.barAddress(a),
-      hl.offset + offset,
-      length,
-    );
-  }
-  throw new SimUsageError(`cannot read the backing of ${d.describe()}`);
+  const phys = m.backingPhys(d);
+  if (!phys) throw new SimUsageError(`cannot read the backing of ${d.describe()}`);
+  return readPhys(m.sys, phys, offset, Number(length));
 }
 
 function machineOptions(name: string, m: ScenarioMachine, tracer: Tracer) {
@@ -625,7 +562,7 @@ function machineOptions(name: string, m: ScenarioMachine, tracer: Tracer) {
   };
 }
 
-function check(e: StepExpect | undefined, outcome: "ok" | DbErrno, o: Outcome | null): string[] {
+function check(e: StepExpect | undefined, outcome: "ok" | Errno, o: Outcome | null): string[] {
   const f: string[] = [];
   const wantErr = e?.errno;
   if (wantErr !== undefined && outcome !== wantErr)
@@ -663,7 +600,7 @@ export function runScenario(
   const steps: StepResult[] = [];
   sc.steps.forEach((s, index) => {
     const from = r.tracer.events.length;
-    let outcome: "ok" | DbErrno = "ok";
+    let outcome: "ok" | Errno = "ok";
     let o: Outcome | null = null;
     let summary: string;
     let usage: string | null = null;

@@ -29,14 +29,13 @@ import {
   type ZIssue,
 } from "../formats/located-yaml.ts";
 import { parseByteSize } from "../formats/machine-doc.ts";
-import { EXTRA_ERRNO } from "../kernel/dma-buf/result.ts";
 import { ERRNO } from "../kernel/errno.ts";
 import { PROFILES } from "../kernel/profile.ts";
 import { editDistance } from "../text.ts";
 
 export const SCENARIO_SCHEMA_VERSION = 1;
 
-const ERRNO_NAMES = [...Object.keys(ERRNO), ...Object.keys(EXTRA_ERRNO)];
+const ERRNO_NAMES = Object.keys(ERRNO);
 
 const name = z
   .string()

@@ -21,15 +21,10 @@ import {
 } from "../kernel/dma-buf/attachment.ts";
 import type { DmaBuf } from "../kernel/dma-buf/dma-buf.ts";
 import { dmaBufGet, dmaBufPut } from "../kernel/dma-buf/file.ts";
+import { dmaSegments } from "../kernel/drivers/dma-segs.ts";
 import { KernelBug } from "../kernel/errno.ts";
 import type { Leak, LeakSource } from "../kernel/leaks.ts";
-import {
-  for_each_sg,
-  for_each_sgtable_dma_sg,
-  type SgTable,
-  sg_dma_is_bus_address,
-  sg_page,
-} from "../kernel/lib/scatterlist.ts";
+import { for_each_sg, type SgTable, sg_page } from "../kernel/lib/scatterlist.ts";
 import { cpuReach } from "../kernel/mm/page.ts";
 import type { DmaAddrKind } from "../kernel/trace.ts";
 import { must, type SimMachine, type SimProcess } from "./sim-machine.ts";
@@ -129,12 +124,7 @@ export class KernelImporter implements LeakSource {
 
   segments(imp: Import): ImportedSegment[] {
     if (!imp.sgt) return [];
-    const sys = this.machine.sys;
-    return [...for_each_sgtable_dma_sg(imp.sgt)].map((s) => ({
-      dma: s.dma_address,
-      len: BigInt(s.dma_length),
-      kind: sys.dmaAddrKind(this.dev, s.dma_address, sg_dma_is_bus_address(s)),
-    }));
+    return dmaSegments(this.machine.sys, this.dev, imp.sgt);
   }
 
   /**

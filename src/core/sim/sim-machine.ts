@@ -17,6 +17,7 @@
  */
 
 import { explainPair } from "../analysis/p2p.ts";
+import { physAddr } from "../hw/address.ts";
 import type { MachineDescription, PciFunction } from "../hw/machine.ts";
 import { type DmaBuf, DmaBufCore } from "../kernel/dma-buf/dma-buf.ts";
 import {
@@ -31,7 +32,6 @@ import {
   sysDup,
   sysExit,
 } from "../kernel/dma-buf/file.ts";
-import type { DbErrno, DbResult } from "../kernel/dma-buf/result.ts";
 import { SysmemExporter } from "../kernel/dma-buf/sysmem-exporter.ts";
 import {
   type AccelCopyResult,
@@ -59,7 +59,9 @@ import {
   VfioPciDevice,
   vfioDeviceFeatureDmaBuf,
 } from "../kernel/drivers/vfio.ts";
+import type { Errno, KResult } from "../kernel/errno.ts";
 import { type Leak, type LeakSource, leakReport } from "../kernel/leaks.ts";
+import { PAGE_SIZE_N } from "../kernel/mm/page.ts";
 import type { PciViewOptions } from "../kernel/pci/pci-view.ts";
 import { PROFILES } from "../kernel/profile.ts";
 import { System } from "../kernel/system.ts";
@@ -68,10 +70,10 @@ import { KernelImporter, type KernelImporterOptions } from "./kernel-importer.ts
 
 /** A system call or kernel call that failed: the errno and the kernel's reason. */
 export class ErrnoError extends Error {
-  readonly errno: DbErrno;
+  readonly errno: Errno;
   readonly reason: string;
 
-  constructor(errno: DbErrno, reason: string, what: string) {
+  constructor(errno: Errno, reason: string, what: string) {
     super(`${what}: ${errno}${reason ? ` (${reason})` : ""}`);
     this.name = "ErrnoError";
     this.errno = errno;
@@ -85,7 +87,7 @@ export class SimUsageError extends Error {
 }
 
 /** The value of a kernel result, or an ErrnoError naming `what` failed. */
-export function must<T>(r: DbResult<T>, what: string): T {
+export function must<T>(r: KResult<T>, what: string): T {
   if (r.ok) return r.value;
   throw new ErrnoError(r.errno, r.reason ?? "", what);
 }
@@ -125,11 +127,22 @@ const isGpu = (fn: PciFunction): boolean =>
   (fn.desc.driver == null &&
     fn.desc.vendor === VENDOR_AMD_ATI &&
     (fn.desc.classCode ?? 0) >> 16 === CLASS_DISPLAY);
-const isRdma = (fn: PciFunction): boolean =>
-  fn.desc.driver === "mlx5_core" ||
-  fn.desc.driver === "irdma" ||
-  fn.desc.driver === "bnxt_en" ||
-  (fn.desc.driver == null && (fn.desc.classCode ?? 0) >> 8 === CLASS_NET_INFINIBAND);
+/**
+ * RDMA NICs the machine binds, with the flow of their dma-buf MRs: mlx5 registers ODP-style
+ * (move_notify invalidates). An InfiniBand-class function without a driver is taken as mlx5-like.
+ * Not bound: irdma (no dma-buf MRs in 6.1; mainline patches show both a pinned and a dynamic
+ * form) and bnxt (bnxt_en is the Ethernet driver; bnxt_re is an auxiliary device a capture does
+ * not show). `rdma: { odp: false }` gives any NIC the pinned flow of EFA-style drivers.
+ */
+const RDMA_DRIVERS: Readonly<Record<string, { odp: boolean }>> = {
+  mlx5_core: { odp: true },
+};
+const rdmaFlavour = (fn: PciFunction): { odp: boolean } | undefined =>
+  fn.desc.driver != null
+    ? RDMA_DRIVERS[fn.desc.driver]
+    : (fn.desc.classCode ?? 0) >> 8 === CLASS_NET_INFINIBAND
+      ? { odp: true }
+      : undefined;
 
 /** One booted machine: the System, the dma-buf core, its bound drivers and its processes. */
 export class SimMachine implements LeakSource {
@@ -176,7 +189,7 @@ export class SimMachine implements LeakSource {
       moveNotify: opts.moveNotify ?? false,
     });
     const accels = this.sys.machine.functions.filter(isAccel);
-    const nics = this.sys.machine.functions.filter(isRdma);
+    const nics = this.sys.machine.functions.filter((fn) => rdmaFlavour(fn) !== undefined);
     accels.forEach((fn, i) => {
       const node = fn.desc.osDevices?.find((d) => /^accel\d+$/.test(d)) ?? `accel${i}`;
       this.accels.set(node, this.#bindAccel(fn, node));
@@ -194,7 +207,11 @@ export class SimMachine implements LeakSource {
       const node = fn.desc.osDevices?.find((d) => /^\w+_\d+$/.test(d)) ?? `rdma${i}`;
       this.nics.set(
         node,
-        new RdmaDevice(this.sys, this.core, fn.name, { ...opts.rdma, name: node }),
+        new RdmaDevice(this.sys, this.core, fn.name, {
+          ...rdmaFlavour(fn),
+          ...opts.rdma,
+          name: node,
+        }),
       );
     });
   }
@@ -259,6 +276,30 @@ export class SimMachine implements LeakSource {
     const u = /^\/dev\/infiniband\/uverbs(\d+)$/.exec(path);
     if (u) return [...this.nics.values()][Number(u[1])];
     return undefined;
+  }
+
+  /**
+   * The CPU physical address of byte `off` of a dma-buf's backing, for the exporters this machine
+   * binds (the model's view of where the bytes are, not an importer's), or null.
+   */
+  backingPhys(d: DmaBuf): ((off: bigint) => bigint) | null {
+    if (d.priv instanceof SysmemExporter) {
+      const ex = d.priv;
+      return (off) => ex.phys(off);
+    }
+    for (const g of this.gpus.values()) {
+      const bo = g.boOf(d);
+      if (bo) return (off) => bo.phys(off);
+    }
+    for (const a of this.accels.values()) {
+      const f = a.backingPhys(d);
+      if (f) return f;
+    }
+    for (const v of this.vfio.values()) {
+      const f = v.backingPhys(d);
+      if (f) return f;
+    }
+    return null;
   }
 
   /** Remember which function provides an exported buffer (for verdicts in the trace). */
@@ -562,4 +603,22 @@ export class SimProcess implements LeakSource {
   leaks(): readonly Leak[] {
     return this.proc.leaks();
   }
+}
+
+/** `length` bytes from `off` of a backing given by `phys` (contiguous within each 4 KiB page). */
+export function readPhys(
+  sys: System,
+  phys: (off: bigint) => bigint,
+  off: bigint,
+  length: number,
+): Uint8Array {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const at = off + BigInt(done);
+    const n = Math.min(length - done, Number(PAGE_SIZE_N - (at % PAGE_SIZE_N)));
+    out.set(sys.memory.read(physAddr(phys(at)), n), done);
+    done += n;
+  }
+  return out;
 }

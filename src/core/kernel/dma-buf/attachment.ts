@@ -17,7 +17,7 @@
 
 import type { DmaDevice } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import {
   for_each_sgtable_dma_sg,
   poisonPages,
@@ -30,7 +30,6 @@ import {
 } from "../lib/scatterlist.ts";
 import { PAGE_SIZE_N } from "../mm/page.ts";
 import { type DmaBuf, dmaBufIsDynamic } from "./dma-buf.ts";
-import { type DbResult, dbErr } from "./result.ts";
 
 /** `struct dma_buf_attach_ops` (importer side). */
 export interface DmaBufAttachOps {
@@ -119,7 +118,7 @@ export function dmaBufPinOnMap(attach: DmaBufAttachment): boolean {
 // ── CONFIG_DMABUF_DEBUG ─────────────────────────────────────────────────────────────────────
 
 /** What the importer gets for the exporter's table `sgt`: itself mangled (6.1) or a page-less copy. */
-function debugWrap(dmabuf: DmaBuf, sgt: SgTable): DbResult<SgTable> {
+function debugWrap(dmabuf: DmaBuf, sgt: SgTable): KResult<SgTable> {
   if (!dmabuf.core.debug) return kok(sgt);
   if (dmabuf.core.profile.dmaBuf.debugSgt === "xor-page-link") {
     // models mangle_sg_table(): page_link ^= ~0xff on every CPU entry
@@ -128,7 +127,7 @@ function debugWrap(dmabuf: DmaBuf, sgt: SgTable): DbResult<SgTable> {
   }
   // models the mainline wrapper: a copy with nents entries, page NULL, offset/length 0
   const copy = sg_alloc_table(Math.max(sgt.nents, 1), { name: `${sgt.name} (dma-buf debug copy)` });
-  if (!copy.ok) return dbErr("ENOMEM", "dma-buf debug wrapper allocation failed");
+  if (!copy.ok) return kerr("ENOMEM", "dma-buf debug wrapper allocation failed");
   const dst = [...for_each_sgtable_dma_sg(copy.value)];
   let i = 0;
   for (const s of for_each_sgtable_dma_sg(sgt)) {
@@ -170,10 +169,10 @@ function traceMap(attach: DmaBufAttachment, sgt: SgTable): void {
   });
 }
 
-function mapDmaBuf(attach: DmaBufAttachment, dir: DmaDirection): DbResult<Handed> {
+function mapDmaBuf(attach: DmaBufAttachment, dir: DmaDirection): KResult<Handed> {
   const { dmabuf } = attach;
   const r = dmabuf.ops.map_dma_buf!(attach, dir);
-  if (r === null) return dbErr("ENOMEM", `${dmabuf.exp_name} map_dma_buf returned NULL`);
+  if (r === null) return kerr("ENOMEM", `${dmabuf.exp_name} map_dma_buf returned NULL`);
   if (!r.ok) {
     dmabuf.core.trace.emit(
       "dma_buf:map",
@@ -231,13 +230,13 @@ export function dmaBufDynamicAttach(
   dev: DmaDevice | null,
   importerOps: DmaBufAttachOps | null,
   importerPriv: unknown = null,
-): DbResult<DmaBufAttachment> {
-  if (!dmabuf || !dev) return dbErr("EINVAL", "dma_buf_dynamic_attach(NULL)", { warn: true });
+): KResult<DmaBufAttachment> {
+  if (!dmabuf || !dev) return kerr("EINVAL", "dma_buf_dynamic_attach(NULL)", { warn: true });
   const core = dmabuf.live("dma_buf_dynamic_attach()").core;
   if (importerOps && !importerOps.move_notify) {
     const msg = `dma_buf_dynamic_attach(${dmabuf.describe()}, ${dev.name}): importer_ops without move_notify`;
     core.warn(msg);
-    return dbErr("EINVAL", msg, { warn: true });
+    return kerr("EINVAL", msg, { warn: true });
   }
   const attach = new DmaBufAttachment(dmabuf, dev, importerOps, importerPriv);
   if (dmabuf.ops.attach) {
@@ -290,7 +289,7 @@ export function dmaBufDynamicAttach(
 export function dmaBufAttach(
   dmabuf: DmaBuf | null,
   dev: DmaDevice | null,
-): DbResult<DmaBufAttachment> {
+): KResult<DmaBufAttachment> {
   return dmaBufDynamicAttach(dmabuf, dev, null, null);
 }
 
@@ -340,7 +339,7 @@ export function dmaBufDetach(dmabuf: DmaBuf | null, attach: DmaBufAttachment | n
 // ── pin ─────────────────────────────────────────────────────────────────────────────────────
 
 /** Dynamic importers only (WARN otherwise); resv held; ops->pin or 0. models dma_buf_pin() */
-export function dmaBufPin(attach: DmaBufAttachment): DbResult {
+export function dmaBufPin(attach: DmaBufAttachment): KResult {
   const { dmabuf } = attach.live("dma_buf_pin()");
   if (!dmaBufAttachmentIsDynamic(attach))
     dmabuf.core.warn(`dma_buf_pin(): ${attach.describe()} is not a dynamic importer`);
@@ -392,14 +391,14 @@ function assertMapResv(
 export function dmaBufMapAttachment(
   attach: DmaBufAttachment | null,
   dir: DmaDirection,
-): DbResult<SgTable> {
-  if (!attach) return dbErr("EINVAL", "dma_buf_map_attachment(NULL)", { warn: true });
+): KResult<SgTable> {
+  if (!attach) return kerr("EINVAL", "dma_buf_map_attachment(NULL)", { warn: true });
   const { dmabuf } = attach.live("dma_buf_map_attachment()");
   const core = dmabuf.core;
   assertMapResv(attach, "dma_buf_map_attachment", "before-cache");
   if (attach.sgt) {
     if (attach.dir !== dir && attach.dir !== "bidirectional")
-      return dbErr(
+      return kerr(
         "EBUSY",
         `${attach.describe()}: cached mapping is ${attach.dir}, ${dir} requested`,
       );
@@ -436,8 +435,8 @@ export function dmaBufMapAttachment(
 export function dmaBufMapAttachmentUnlocked(
   attach: DmaBufAttachment | null,
   dir: DmaDirection,
-): DbResult<SgTable> {
-  if (!attach) return dbErr("EINVAL", "dma_buf_map_attachment_unlocked(NULL)", { warn: true });
+): KResult<SgTable> {
+  if (!attach) return kerr("EINVAL", "dma_buf_map_attachment_unlocked(NULL)", { warn: true });
   const { resv } = attach.live("dma_buf_map_attachment_unlocked()").dmabuf;
   resv.lock("dma_buf_map_attachment_unlocked");
   try {

@@ -14,7 +14,7 @@
 
 import type { DmaDevice } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import type { SgTable } from "../lib/scatterlist.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
@@ -37,7 +37,6 @@ import {
   syncFileGetFence,
   type Vma,
 } from "./file.ts";
-import { type DbResult, dbErr } from "./result.ts";
 import {
   DmaFence,
   DmaResv,
@@ -213,18 +212,18 @@ export interface IosysMap {
 export interface DmaBufOps {
   /** ≤6.14 only (`profile.dmaBuf.cacheSgtMapping`). */
   readonly cache_sgt_mapping?: boolean;
-  readonly attach?: (dmabuf: DmaBuf, attach: DmaBufAttachment) => DbResult;
+  readonly attach?: (dmabuf: DmaBuf, attach: DmaBufAttachment) => KResult;
   readonly detach?: (dmabuf: DmaBuf, attach: DmaBufAttachment) => void;
-  readonly pin?: (attach: DmaBufAttachment) => DbResult;
+  readonly pin?: (attach: DmaBufAttachment) => KResult;
   readonly unpin?: (attach: DmaBufAttachment) => void;
   /** A table mapped for `attach.dev`, an error, or null (the kernel's NULL return). */
-  readonly map_dma_buf?: (attach: DmaBufAttachment, dir: DmaDirection) => DbResult<SgTable> | null;
+  readonly map_dma_buf?: (attach: DmaBufAttachment, dir: DmaDirection) => KResult<SgTable> | null;
   readonly unmap_dma_buf?: (attach: DmaBufAttachment, sgt: SgTable, dir: DmaDirection) => void;
   readonly release?: (dmabuf: DmaBuf) => void;
-  readonly begin_cpu_access?: (dmabuf: DmaBuf, dir: DmaDirection) => DbResult;
-  readonly end_cpu_access?: (dmabuf: DmaBuf, dir: DmaDirection) => DbResult;
-  readonly mmap?: (dmabuf: DmaBuf, vma: Vma) => DbResult;
-  readonly vmap?: (dmabuf: DmaBuf) => DbResult<IosysMap>;
+  readonly begin_cpu_access?: (dmabuf: DmaBuf, dir: DmaDirection) => KResult;
+  readonly end_cpu_access?: (dmabuf: DmaBuf, dir: DmaDirection) => KResult;
+  readonly mmap?: (dmabuf: DmaBuf, vma: Vma) => KResult;
+  readonly vmap?: (dmabuf: DmaBuf) => KResult<IosysMap>;
   readonly vunmap?: (dmabuf: DmaBuf, map: IosysMap) => void;
 }
 
@@ -330,7 +329,7 @@ export function dmaBufIsDynamic(dmabuf: DmaBuf): boolean {
  * -EINVAL); try_module_get(owner) (-ENOENT). Size is not checked (0 is accepted).
  * models dma_buf_export()
  */
-export function dmaBufExport(core: DmaBufCore, info: DmaBufExportInfo): DbResult<DmaBuf> {
+export function dmaBufExport(core: DmaBufCore, info: DmaBufExportInfo): KResult<DmaBuf> {
   const ops = info.ops;
   if (
     info.priv === undefined ||
@@ -349,23 +348,23 @@ export function dmaBufExport(core: DmaBufCore, info: DmaBufExportInfo): DbResult
     ].filter((x) => x !== null);
     const msg = `dma_buf_export(${info.exp_name ?? "?"}): ${missing.join(", ")} missing`;
     core.warn(msg);
-    return dbErr("EINVAL", msg, { warn: true });
+    return kerr("EINVAL", msg, { warn: true });
   }
   if (core.profile.dmaBuf.cacheSgtMapping && ops.cache_sgt_mapping && (ops.pin || ops.unpin)) {
     const msg = `dma_buf_export(${info.exp_name ?? "?"}): cache_sgt_mapping together with pin/unpin`;
     core.warn(msg);
-    return dbErr("EINVAL", msg, { warn: true });
+    return kerr("EINVAL", msg, { warn: true });
   }
   if (!ops.pin !== !ops.unpin) {
     const msg = `dma_buf_export(${info.exp_name ?? "?"}): ${ops.pin ? "pin without unpin" : "unpin without pin"}`;
     core.warn(msg);
-    return dbErr("EINVAL", msg, { warn: true });
+    return kerr("EINVAL", msg, { warn: true });
   }
   const owner = info.owner ?? null;
   if (owner) {
     // models try_module_get()
     if (owner.unloading)
-      return dbErr("ENOENT", `module ${owner.name} is being unloaded; try_module_get failed`);
+      return kerr("ENOENT", `module ${owner.name} is being unloaded; try_module_get failed`);
     owner.refs++;
   }
   const dmabuf = new DmaBuf(core, info, ops, DMA_BUF_FOPS);
@@ -419,25 +418,25 @@ function dmaBufFileRelease(file: KFile): void {
 }
 
 /** Only offset 0: SEEK_END → size, SEEK_SET → 0, else -EINVAL. models dma_buf_llseek() */
-function dmaBufLlseek(file: KFile, offset: bigint, whence: number): DbResult<bigint> {
+function dmaBufLlseek(file: KFile, offset: bigint, whence: number): KResult<bigint> {
   const dmabuf = file.private_data;
-  if (!dmabuf) return dbErr("EBADF", `${file.name} is not a dma-buf`);
+  if (!dmabuf) return kerr("EBADF", `${file.name} is not a dma-buf`);
   let base: bigint;
   if (whence === SEEK_END) base = dmabuf.live("llseek").size;
   else if (whence === SEEK_SET) base = 0n;
-  else return dbErr("EINVAL", `dma_buf_llseek: whence ${whence} (only SEEK_SET and SEEK_END)`);
-  if (offset !== 0n) return dbErr("EINVAL", `dma_buf_llseek: offset ${offset} (only 0)`);
+  else return kerr("EINVAL", `dma_buf_llseek: whence ${whence} (only SEEK_SET and SEEK_END)`);
+  if (offset !== 0n) return kerr("EINVAL", `dma_buf_llseek: offset ${offset} (only 0)`);
   return kok(base + offset);
 }
 
 /** No ops->mmap → -EINVAL; pgoff + pages beyond size → -EINVAL; else ops->mmap. models dma_buf_mmap_internal() */
-function dmaBufMmapInternal(file: KFile, vma: Vma): DbResult {
+function dmaBufMmapInternal(file: KFile, vma: Vma): KResult {
   const dmabuf = file.private_data;
-  if (!dmabuf) return dbErr("EINVAL", `${file.name} is not a dma-buf`);
+  if (!dmabuf) return kerr("EINVAL", `${file.name} is not a dma-buf`);
   dmabuf.live("mmap");
-  if (!dmabuf.ops.mmap) return dbErr("EINVAL", `${dmabuf.describe()}: exporter has no mmap`);
+  if (!dmabuf.ops.mmap) return kerr("EINVAL", `${dmabuf.describe()}: exporter has no mmap`);
   if (vma.pgoff + vma.pages > dmabuf.size >> BigInt(PAGE_SHIFT))
-    return dbErr(
+    return kerr(
       "EINVAL",
       `${dmabuf.describe()}: pgoff ${vma.pgoff} + ${vma.pages} pages is beyond its size`,
     );
@@ -448,14 +447,14 @@ function dmaBufMmapInternal(file: KFile, vma: Vma): DbResult {
  * Kernel-side mmap into an existing VMA at `pgoff`. models dma_buf_mmap(): NULL → -EINVAL (WARN);
  * no op → -EINVAL; pgoff + pages wraps → -EOVERFLOW; beyond size → -EINVAL; re-points the VMA.
  */
-export function dmaBufMmap(dmabuf: DmaBuf | null, vma: Vma, pgoff: bigint): DbResult {
-  if (!dmabuf) return dbErr("EINVAL", "dma_buf_mmap(NULL)", { warn: true });
+export function dmaBufMmap(dmabuf: DmaBuf | null, vma: Vma, pgoff: bigint): KResult {
+  if (!dmabuf) return kerr("EINVAL", "dma_buf_mmap(NULL)", { warn: true });
   dmabuf.live("dma_buf_mmap()");
-  if (!dmabuf.ops.mmap) return dbErr("EINVAL", `${dmabuf.describe()}: exporter has no mmap`);
+  if (!dmabuf.ops.mmap) return kerr("EINVAL", `${dmabuf.describe()}: exporter has no mmap`);
   const ULONG = (1n << 64n) - 1n;
-  if (pgoff + vma.pages > ULONG) return dbErr("EOVERFLOW", "pgoff + pages overflows");
+  if (pgoff + vma.pages > ULONG) return kerr("EOVERFLOW", "pgoff + pages overflows");
   if (pgoff + vma.pages > dmabuf.size >> BigInt(PAGE_SHIFT))
-    return dbErr(
+    return kerr(
       "EINVAL",
       `${dmabuf.describe()}: pgoff ${pgoff} + ${vma.pages} pages is beyond its size`,
     );
@@ -495,7 +494,7 @@ export interface DmaBufSyncArg {
  * else begin_cpu_access (READ → from-device, WRITE → to-device, RW → bidirectional). SET_NAME:
  * `arg` is the user string (null: fault). Unknown cmd → -ENOTTY. models dma_buf_ioctl()
  */
-function dmaBufIoctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbResult<number> {
+function dmaBufIoctl(file: KFile, cmd: number, arg: unknown, proc: Process): KResult<number> {
   const dmabuf = file.private_data!.live("ioctl");
   switch (cmd) {
     case DMA_BUF_IOCTL_SYNC: {
@@ -504,10 +503,10 @@ function dmaBufIoctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbR
         arg === null ||
         typeof (arg as DmaBufSyncArg).flags !== "bigint"
       )
-        return dbErr("EFAULT", "DMA_BUF_IOCTL_SYNC: copy_from_user failed");
+        return kerr("EFAULT", "DMA_BUF_IOCTL_SYNC: copy_from_user failed");
       const flags = (arg as DmaBufSyncArg).flags;
       if (flags & ~DMA_BUF_SYNC_VALID_FLAGS_MASK)
-        return dbErr(
+        return kerr(
           "EINVAL",
           `DMA_BUF_IOCTL_SYNC: unknown flag bits 0x${(flags & ~DMA_BUF_SYNC_VALID_FLAGS_MASK).toString(16)}`,
         );
@@ -523,7 +522,7 @@ function dmaBufIoctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbR
           dir = "bidirectional";
           break;
         default:
-          return dbErr("EINVAL", "DMA_BUF_IOCTL_SYNC: neither READ nor WRITE");
+          return kerr("EINVAL", "DMA_BUF_IOCTL_SYNC: neither READ nor WRITE");
       }
       const r =
         flags & DMA_BUF_SYNC_END
@@ -541,7 +540,7 @@ function dmaBufIoctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbR
     case DMA_BUF_IOCTL_IMPORT_SYNC_FILE:
       return dmaBufImportSyncFile(dmabuf, arg, proc);
     default:
-      return dbErr("ENOTTY", `dma-buf ioctl 0x${cmd.toString(16)} unknown`);
+      return kerr("ENOTTY", `dma-buf ioctl 0x${cmd.toString(16)} unknown`);
   }
 }
 
@@ -564,14 +563,14 @@ function syncFileArg(arg: unknown): DmaBufSyncFileArg | null {
  * an O_CLOEXEC fd in the caller's table; WRITE → every read and write fence, READ → write fences;
  * none → a signalled stub. models dma_buf_export_sync_file()
  */
-function dmaBufExportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): DbResult<number> {
+function dmaBufExportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): KResult<number> {
   const arg = syncFileArg(argIn);
-  if (!arg) return dbErr("EFAULT", "DMA_BUF_IOCTL_EXPORT_SYNC_FILE: copy_from_user failed");
+  if (!arg) return kerr("EFAULT", "DMA_BUF_IOCTL_EXPORT_SYNC_FILE: copy_from_user failed");
   const flags = BigInt(arg.flags >>> 0);
   if (flags & ~DMA_BUF_SYNC_RW)
-    return dbErr("EINVAL", `EXPORT_SYNC_FILE: flags 0x${flags.toString(16)} outside RW`);
+    return kerr("EINVAL", `EXPORT_SYNC_FILE: flags 0x${flags.toString(16)} outside RW`);
   if ((flags & DMA_BUF_SYNC_RW) === 0n)
-    return dbErr("EINVAL", "EXPORT_SYNC_FILE: neither READ nor WRITE");
+    return kerr("EINVAL", "EXPORT_SYNC_FILE: neither READ nor WRITE");
   const fd = proc.getUnusedFd();
   if (!fd.ok) return fd;
   const fence =
@@ -587,16 +586,16 @@ function dmaBufExportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): Db
  * containers are unwrapped (6.1 already does), each added as WRITE if WRITE is set, else READ.
  * models dma_buf_import_sync_file()
  */
-function dmaBufImportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): DbResult<number> {
+function dmaBufImportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): KResult<number> {
   const arg = syncFileArg(argIn);
-  if (!arg) return dbErr("EFAULT", "DMA_BUF_IOCTL_IMPORT_SYNC_FILE: copy_from_user failed");
+  if (!arg) return kerr("EFAULT", "DMA_BUF_IOCTL_IMPORT_SYNC_FILE: copy_from_user failed");
   const flags = BigInt(arg.flags >>> 0);
   if (flags & ~DMA_BUF_SYNC_RW)
-    return dbErr("EINVAL", `IMPORT_SYNC_FILE: flags 0x${flags.toString(16)} outside RW`);
+    return kerr("EINVAL", `IMPORT_SYNC_FILE: flags 0x${flags.toString(16)} outside RW`);
   if ((flags & DMA_BUF_SYNC_RW) === 0n)
-    return dbErr("EINVAL", "IMPORT_SYNC_FILE: neither READ nor WRITE");
+    return kerr("EINVAL", "IMPORT_SYNC_FILE: neither READ nor WRITE");
   const fence = syncFileGetFence(proc, arg.fd);
-  if (!fence) return dbErr("EINVAL", `IMPORT_SYNC_FILE: fd ${arg.fd} is not a sync_file`);
+  if (!fence) return kerr("EINVAL", `IMPORT_SYNC_FILE: fd ${arg.fd} is not a sync_file`);
   const usage = flags & DMA_BUF_SYNC_WRITE ? "write" : "read";
   const parts = fence.components.length > 0 ? fence.components : [fence];
   dmabuf.resv.lock("dma_buf_import_sync_file");
@@ -609,14 +608,14 @@ function dmaBufImportSyncFile(dmabuf: DmaBuf, argIn: unknown, proc: Process): Db
  * Replace the name with a copy of `name` (at most 31 bytes + NUL, else -EINVAL as strndup_user
  * returns; null = fault, -EFAULT). No attachment check (6.1 and mainline). models dma_buf_set_name()
  */
-export function dmaBufSetName(dmabuf: DmaBuf, name: string | null): DbResult {
-  if (name === null) return dbErr("EFAULT", "DMA_BUF_SET_NAME: bad user pointer");
+export function dmaBufSetName(dmabuf: DmaBuf, name: string | null): KResult {
+  if (name === null) return kerr("EFAULT", "DMA_BUF_SET_NAME: bad user pointer");
   const bytes = new TextEncoder().encode(name);
   const nul = bytes.indexOf(0);
   const len = nul >= 0 ? nul : bytes.length;
   // models strndup_user(buf, DMA_BUF_NAME_LEN): strnlen_user counts the NUL; more than n → -EINVAL
   if (len + 1 > DMA_BUF_NAME_LEN)
-    return dbErr(
+    return kerr(
       "EINVAL",
       `name of ${len} bytes does not fit DMA_BUF_NAME_LEN (${DMA_BUF_NAME_LEN}) with its NUL`,
     );
@@ -691,8 +690,8 @@ export const DMA_BUF_FOPS: FileOperations = {
  * Exporter's begin hook (if any), then, if it returned 0, wait for the implicit fences a CPU
  * access in `dir` must wait for (writes wait for readers and writers). models dma_buf_begin_cpu_access()
  */
-export function dmaBufBeginCpuAccess(dmabuf: DmaBuf | null, dir: DmaDirection): DbResult {
-  if (!dmabuf) return dbErr("EINVAL", "dma_buf_begin_cpu_access(NULL)", { warn: true });
+export function dmaBufBeginCpuAccess(dmabuf: DmaBuf | null, dir: DmaDirection): KResult {
+  if (!dmabuf) return kerr("EINVAL", "dma_buf_begin_cpu_access(NULL)", { warn: true });
   dmabuf.live("dma_buf_begin_cpu_access()").resv.mightLock("dma_buf_begin_cpu_access");
   if (dmabuf.ops.begin_cpu_access) {
     const r = dmabuf.ops.begin_cpu_access(dmabuf, dir);
@@ -704,7 +703,7 @@ export function dmaBufBeginCpuAccess(dmabuf: DmaBuf | null, dir: DmaDirection): 
 }
 
 /** Exporter's end hook, or 0. models dma_buf_end_cpu_access() */
-export function dmaBufEndCpuAccess(dmabuf: DmaBuf, dir: DmaDirection): DbResult {
+export function dmaBufEndCpuAccess(dmabuf: DmaBuf, dir: DmaDirection): KResult {
   dmabuf.live("dma_buf_end_cpu_access()").resv.mightLock("dma_buf_end_cpu_access");
   return dmabuf.ops.end_cpu_access ? dmabuf.ops.end_cpu_access(dmabuf, dir) : kok();
 }
@@ -714,10 +713,10 @@ export function dmaBufEndCpuAccess(dmabuf: DmaBuf, dir: DmaDirection): DbResult 
  * with WARN_ON_ONCE); no op → -EINVAL. Lock per profile: 6.1 takes dmabuf->lock itself; mainline
  * needs the caller to hold the resv. models dma_buf_vmap()
  */
-export function dmaBufVmap(dmabuf: DmaBuf | null): DbResult<IosysMap> {
-  if (!dmabuf) return dbErr("EINVAL", "dma_buf_vmap(NULL)", { warn: true });
+export function dmaBufVmap(dmabuf: DmaBuf | null): KResult<IosysMap> {
+  if (!dmabuf) return kerr("EINVAL", "dma_buf_vmap(NULL)", { warn: true });
   dmabuf.live("dma_buf_vmap()");
-  if (!dmabuf.ops.vmap) return dbErr("EINVAL", `${dmabuf.describe()}: exporter has no vmap`);
+  if (!dmabuf.ops.vmap) return kerr("EINVAL", `${dmabuf.describe()}: exporter has no vmap`);
   if (dmabuf.core.profile.dmaBuf.vmapLock === "resv") dmabuf.resv.assertHeld("dma_buf_vmap");
   if (dmabuf.vmapping_counter > 0) {
     if (!dmabuf.vmap_ptr)
@@ -757,7 +756,7 @@ export function dmaBufVunmap(dmabuf: DmaBuf, map: IosysMap): void {
 }
 
 /** Lock, vmap, unlock (mainline). models dma_buf_vmap_unlocked() */
-export function dmaBufVmapUnlocked(dmabuf: DmaBuf): DbResult<IosysMap> {
+export function dmaBufVmapUnlocked(dmabuf: DmaBuf): KResult<IosysMap> {
   dmabuf.live("dma_buf_vmap_unlocked()").resv.lock("dma_buf_vmap_unlocked");
   try {
     return dmaBufVmap(dmabuf);

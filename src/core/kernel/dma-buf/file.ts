@@ -11,11 +11,10 @@
  * Another `fput`, or any use after that, throws `KernelBug` naming the file.
  */
 
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import { PAGE_SHIFT } from "../mm/page.ts";
 import type { DmaBuf } from "./dma-buf.ts";
-import { type DbResult, dbErr } from "./result.ts";
 import type { DmaFence } from "./resv.ts";
 
 // include/uapi/asm-generic/fcntl.h
@@ -64,12 +63,12 @@ export interface Vma {
 export interface FileOperations {
   readonly name: string;
   release?(file: KFile): void;
-  llseek?(file: KFile, offset: bigint, whence: number): DbResult<bigint>;
-  mmap?(file: KFile, vma: Vma): DbResult;
+  llseek?(file: KFile, offset: bigint, whence: number): KResult<bigint>;
+  mmap?(file: KFile, vma: Vma): KResult;
   /** The ready events among `events` (EPOLLIN/EPOLLOUT/...). */
   poll?(file: KFile, events: number): number;
   /** `proc` is `current`: ioctls that install fds install them there. */
-  unlocked_ioctl?(file: KFile, cmd: number, arg: unknown, proc: Process): DbResult<number>;
+  unlocked_ioctl?(file: KFile, cmd: number, arg: unknown, proc: Process): KResult<number>;
 }
 
 export type FileState = "open" | "released";
@@ -188,10 +187,10 @@ export class Process implements LeakSource {
   }
 
   /** The lowest free fd below RLIMIT_NOFILE, or -EMFILE. models get_unused_fd_flags() */
-  getUnusedFd(): DbResult<number> {
+  getUnusedFd(): KResult<number> {
     this.live("get_unused_fd_flags()");
     for (let fd = 0; fd < this.rlimitNofile; fd++) if (!this.fds.has(fd)) return kok(fd);
-    return dbErr("EMFILE", `${this.name}: all ${this.rlimitNofile} fds in use`);
+    return kerr("EMFILE", `${this.name}: all ${this.rlimitNofile} fds in use`);
   }
 
   /** Installs `file` (consuming the caller's reference). models fd_install() */
@@ -227,7 +226,7 @@ export class Process implements LeakSource {
 }
 
 /** Opens a regular file into the lowest free fd. models open(2) of an ordinary file */
-export function openRegular(proc: Process, name: string, flags = O_RDWR): DbResult<number> {
+export function openRegular(proc: Process, name: string, flags = O_RDWR): KResult<number> {
   const fd = proc.getUnusedFd();
   if (!fd.ok) return fd;
   proc.install(fd.value, new KFile({ name, fops: REGULAR_FOPS, flags }), flags);
@@ -235,18 +234,18 @@ export function openRegular(proc: Process, name: string, flags = O_RDWR): DbResu
 }
 
 // models close(2) / close_fd(): -EBADF if not open, else drop the table's reference.
-export function sysClose(proc: Process, fd: number): DbResult {
+export function sysClose(proc: Process, fd: number): KResult {
   const e = proc.live("close()").fds.get(fd);
-  if (!e) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!e) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
   proc.fds.delete(fd);
   e.file.put();
   return kok();
 }
 
 // models dup(2): lowest free fd, same file (+1), FD_CLOEXEC cleared on the copy (fs/file.c do_dup2).
-export function sysDup(proc: Process, fd: number): DbResult<number> {
+export function sysDup(proc: Process, fd: number): KResult<number> {
   const e = proc.live("dup()").fds.get(fd);
-  if (!e) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!e) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
   const nfd = proc.getUnusedFd();
   if (!nfd.ok) return nfd;
   proc.install(nfd.value, e.file.get(), 0);
@@ -263,9 +262,9 @@ export function sendFd(
   fd: number,
   to: Process,
   opts: { cloexec?: boolean } = {},
-): DbResult<number> {
+): KResult<number> {
   const file = from.live("sendmsg()").fget(fd); // scm_fp_copy: the skb holds a reference
-  if (!file) return dbErr("EBADF", `${from.name}: fd ${fd} is not open`);
+  if (!file) return kerr("EBADF", `${from.name}: fd ${fd} is not open`);
   const nfd = to.live("recvmsg()").getUnusedFd();
   if (!nfd.ok) {
     file.put(); // __scm_destroy drops what was not received
@@ -292,9 +291,9 @@ export function sysLseek(
   fd: number,
   offset: bigint,
   whence: number,
-): DbResult<bigint> {
+): KResult<bigint> {
   const f = proc.peek(fd);
-  if (!f) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!f) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
   if (!f.f_op.llseek) return kok(0n); // ordinary files: position handling not modelled
   return f.f_op.llseek(f, offset, whence);
 }
@@ -309,20 +308,20 @@ export function sysMmap(
   proc: Process,
   fd: number,
   req: { length: bigint; prot: number; flags: number; pgoff?: bigint },
-): DbResult<Vma> {
+): KResult<Vma> {
   const f = proc.peek(fd);
-  if (!f) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
-  if (req.length === 0n) return dbErr("EINVAL", "mmap of length 0");
+  if (!f) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (req.length === 0n) return kerr("EINVAL", "mmap of length 0");
   const type = req.flags & MAP_TYPE;
   const shared = type === MAP_SHARED || type === MAP_SHARED_VALIDATE;
   if (!shared && type !== MAP_PRIVATE)
-    return dbErr("EINVAL", "mmap needs MAP_SHARED, MAP_SHARED_VALIDATE or MAP_PRIVATE");
+    return kerr("EINVAL", "mmap needs MAP_SHARED, MAP_SHARED_VALIDATE or MAP_PRIVATE");
   // do_mmap: MAP_SHARED + PROT_WRITE needs FMODE_WRITE, then (fallthrough) every mapping needs FMODE_READ
   if (shared && req.prot & PROT_WRITE && !(f.f_mode & FMODE_WRITE))
-    return dbErr("EACCES", `${f.name} is not open for writing; MAP_SHARED with PROT_WRITE refused`);
+    return kerr("EACCES", `${f.name} is not open for writing; MAP_SHARED with PROT_WRITE refused`);
   if (!(f.f_mode & FMODE_READ))
-    return dbErr("EACCES", `${f.name} is not open for reading; it cannot be mapped`);
-  if (!f.f_op.mmap) return dbErr("ENODEV", `${f.name} has no mmap`);
+    return kerr("EACCES", `${f.name} is not open for reading; it cannot be mapped`);
+  if (!f.f_op.mmap) return kerr("ENODEV", `${f.name} has no mmap`);
   const pageMask = (1n << BigInt(PAGE_SHIFT)) - 1n;
   const vma: Vma = {
     pgoff: req.pgoff ?? 0n,
@@ -339,18 +338,18 @@ export function sysMmap(
  * One poll(2) round on `fd` for `events`: the ready ones; a file without poll is always ready
  * for reading and writing (DEFAULT_POLLMASK). models do_pollfd() + vfs_poll()
  */
-export function sysPoll(proc: Process, fd: number, events: number): DbResult<number> {
+export function sysPoll(proc: Process, fd: number, events: number): KResult<number> {
   const f = proc.peek(fd);
-  if (!f) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!f) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
   if (!f.f_op.poll) return kok(events & (EPOLLIN | EPOLLOUT));
   return kok(f.f_op.poll(f, events));
 }
 
 // models ksys_ioctl() → vfs_ioctl(): -EBADF, -ENOTTY without unlocked_ioctl.
-export function sysIoctl(proc: Process, fd: number, cmd: number, arg: unknown): DbResult<number> {
+export function sysIoctl(proc: Process, fd: number, cmd: number, arg: unknown): KResult<number> {
   const f = proc.peek(fd);
-  if (!f) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
-  if (!f.f_op.unlocked_ioctl) return dbErr("ENOTTY", `${f.name} has no ioctls`);
+  if (!f) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!f.f_op.unlocked_ioctl) return kerr("ENOTTY", `${f.name} has no ioctls`);
   return f.f_op.unlocked_ioctl(f, cmd, arg, proc);
 }
 
@@ -364,8 +363,8 @@ export function isDmaBufFile(file: KFile): boolean {
  * failure (-EMFILE) the caller keeps it. Only O_CLOEXEC of `flags` matters.
  * models dma_buf_fd()
  */
-export function dmaBufFd(proc: Process, dmabuf: DmaBuf | null, flags: number): DbResult<number> {
-  if (!dmabuf) return dbErr("EINVAL", "dma_buf_fd(NULL)");
+export function dmaBufFd(proc: Process, dmabuf: DmaBuf | null, flags: number): KResult<number> {
+  if (!dmabuf) return kerr("EINVAL", "dma_buf_fd(NULL)");
   const file = dmabuf.live("dma_buf_fd()").file;
   const fd = proc.getUnusedFd();
   if (!fd.ok) return fd;
@@ -374,12 +373,12 @@ export function dmaBufFd(proc: Process, dmabuf: DmaBuf | null, flags: number): D
 }
 
 /** +1 on the buffer behind `fd`. -EBADF: not open; -EINVAL: not a dma-buf (ref dropped). models dma_buf_get() */
-export function dmaBufGet(proc: Process, fd: number): DbResult<DmaBuf> {
+export function dmaBufGet(proc: Process, fd: number): KResult<DmaBuf> {
   const file = proc.fget(fd);
-  if (!file) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+  if (!file) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
   if (!isDmaBufFile(file)) {
     file.put();
-    return dbErr("EINVAL", `${proc.name}: fd ${fd} (${file.name}) is not a dma-buf`);
+    return kerr("EINVAL", `${proc.name}: fd ${fd} (${file.name}) is not a dma-buf`);
   }
   return kok(file.private_data!);
 }

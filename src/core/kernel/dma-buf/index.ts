@@ -10,6 +10,5 @@ export * from "./attachment.ts";
 export * from "./dma-buf.ts";
 export * from "./file.ts";
 export * from "./phys-vec.ts";
-export * from "./result.ts";
 export * from "./resv.ts";
 export * from "./sysmem-exporter.ts";

@@ -4,7 +4,7 @@ import { P2P_IMPORTER, switchMachine } from "../../../../test/support/beds.ts";
 import { j, transferText } from "../../../../test/support/check.ts";
 import type { IommuMode, MachineDescription } from "../../hw/machine.ts";
 import { dmaSetMaskAndCoherent } from "../dma/device.ts";
-import { KernelBug } from "../errno.ts";
+import { KernelBug, kerr } from "../errno.ts";
 import { leakReport } from "../leaks.ts";
 import {
   for_each_sgtable_dma_sg,
@@ -25,7 +25,6 @@ import {
   type PhysVec,
   physVecMapping,
 } from "./phys-vec.ts";
-import { dbErr } from "./result.ts";
 
 const GiB = 1n << 30n;
 const MiB = 1n << 20n;
@@ -70,7 +69,7 @@ function bed(
   const provider: P2pProvider = reg.value.provider;
   const d = dmaBufExport(core, {
     exp_name: "mmio",
-    ops: { map_dma_buf: () => dbErr("EINVAL"), unmap_dma_buf: () => {}, release: () => {} },
+    ops: { map_dma_buf: () => kerr("EINVAL"), unmap_dma_buf: () => {}, release: () => {} },
     size: BAR_SIZE,
     priv: {},
   });

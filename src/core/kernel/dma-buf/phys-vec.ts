@@ -25,7 +25,7 @@
 import { dmaAddr, physAddr } from "../../hw/address.ts";
 import type { DmaApi, DmaDirection, DmaIovaState } from "../dma/mapping.ts";
 import { dmaUseIova } from "../dma/mapping.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { type KErr, KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import {
   for_each_sg,
   for_each_sgtable_dma_sg,
@@ -40,7 +40,6 @@ import {
 import { type P2pProvider, PAGE_SIZE_N } from "../mm/page.ts";
 import type { P2pdma, P2pMapType } from "../pci/p2pdma.ts";
 import type { DmaBufAttachment } from "./attachment.ts";
-import { type DbErr, type DbResult, dbErr } from "./result.ts";
 
 /** `struct phys_vec`: one physical range (CPU physical address of MMIO, length in bytes). */
 export interface PhysVec {
@@ -130,16 +129,16 @@ export function dmaBufPhysVecToSgt(
   physVec: readonly PhysVec[],
   size: bigint,
   dir: DmaDirection,
-): DbResult<SgTable> {
+): KResult<SgTable> {
   // the kernel reads attach->dmabuf->resv before its WARN_ON(!attach): an oops; the model WARNs
-  if (!attach) return dbErr("EINVAL", "dma_buf_phys_vec_to_sgt(NULL attachment)", { warn: true });
+  if (!attach) return kerr("EINVAL", "dma_buf_phys_vec_to_sgt(NULL attachment)", { warn: true });
   const { dmabuf, dev } = attach.live("dma_buf_phys_vec_to_sgt()");
   const core = dmabuf.core;
   dmabuf.resv.assertHeld("dma_buf_phys_vec_to_sgt");
   if (!provider) {
     const msg = `dma_buf_phys_vec_to_sgt(${attach.describe()}): no p2pdma provider (MMIO only)`;
     core.warn(msg);
-    return dbErr("EINVAL", msg, { warn: true });
+    return kerr("EINVAL", msg, { warn: true });
   }
   const mapType = deps.p2pdma.mapType(provider.owner, dev.fn);
   let state: DmaIovaState | null = null;
@@ -151,7 +150,7 @@ export function dmaBufPhysVecToSgt(
       deps.dma.iovaTryAlloc(dev, state, 0n, size);
       break;
     default:
-      return dbErr(
+      return kerr(
         "EINVAL",
         `${dev.name} cannot reach ${provider.owner.name} BAR${provider.bar} (P2PDMA map type ${mapType})`,
       );
@@ -166,7 +165,7 @@ export function dmaBufPhysVecToSgt(
   const ents = [...for_each_sg(sgt.sgl, sgt.nents)];
   let at = 0;
   let mappedLen = 0n;
-  let failed: { i: number; err: DbErr } | null = null;
+  let failed: { i: number; err: KErr } | null = null;
   for (let i = 0; i < physVec.length; i++) {
     const r = physVec[i]!;
     let addr = 0n;
@@ -186,7 +185,7 @@ export function dmaBufPhysVecToSgt(
       if (deps.dma.mappingError(dev, d)) {
         failed = {
           i,
-          err: dbErr("ENOMEM", `dma_map_phys of 0x${r.paddr.toString(16)} for ${dev.name} failed`),
+          err: kerr("ENOMEM", `dma_map_phys of 0x${r.paddr.toString(16)} for ${dev.name} failed`),
         };
         break;
       }

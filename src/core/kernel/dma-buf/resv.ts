@@ -10,8 +10,7 @@
  * signal is pending for the task, in which case an interruptible wait returns -ERESTARTSYS.
  */
 
-import { KernelBug, kok } from "../errno.ts";
-import { type DbResult, dbErr } from "./result.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 
 /**
  * The simulated clock (ms), shared by a dma-buf core and its fences. Fences with callbacks are
@@ -265,11 +264,11 @@ export class DmaResv {
    * a signal pending (-ERESTARTSYS). Returns the remaining timeout (>0) or an errno.
    * models dma_resv_wait_timeout(obj, usage, intr, MAX_SCHEDULE_TIMEOUT)
    */
-  waitTimeout(usage: DmaResvUsage, intr: boolean): DbResult<number> {
+  waitTimeout(usage: DmaResvUsage, intr: boolean): KResult<number> {
     const pending = this.fences(usage);
     if (pending.length === 0) return kok(1);
     if (intr && this.#task.signalPending)
-      return dbErr("ERESTARTSYS", `interrupted while waiting for fences of ${this.name}`);
+      return kerr("ERESTARTSYS", `interrupted while waiting for fences of ${this.name}`);
     for (const f of pending) {
       if (f.signalAt === null)
         throw new KernelBug(

@@ -9,7 +9,8 @@
  */
 
 import type { DmaDirection } from "../dma/mapping.ts";
-import { KernelBug, kok } from "../errno.ts";
+import type { Errno, KResult } from "../errno.ts";
+import { KernelBug, kerr, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import { type SgTable, sg_alloc_table_from_pages, sg_free_table } from "../lib/scatterlist.ts";
 import type { Page } from "../mm/page.ts";
@@ -24,8 +25,6 @@ import {
   type IosysMap,
   type Module,
 } from "./dma-buf.ts";
-import type { DbErrno, DbResult } from "./result.ts";
-import { dbErr } from "./result.ts";
 
 export interface SysmemExporterOptions {
   readonly size: bigint;
@@ -41,9 +40,9 @@ export interface SysmemExporterOptions {
   /** File flags for the export (O_RDWR, O_RDONLY, ...). */
   readonly flags?: number;
   /** The exporter's attach refuses with this errno. */
-  readonly attachFails?: DbErrno;
+  readonly attachFails?: Errno;
   /** pin refuses with this errno. */
-  readonly pinFails?: DbErrno;
+  readonly pinFails?: Errno;
   /** map_dma_buf returns NULL. */
   readonly mapReturnsNull?: boolean;
 }
@@ -120,7 +119,7 @@ export class SysmemExporter implements LeakSource {
     if (o.cacheSgtMapping) ops.cache_sgt_mapping = true;
     ops.attach = (_d, a) => {
       this.calls.push("attach");
-      if (o.attachFails) return dbErr(o.attachFails, `exporter refuses ${a.dev.name}`);
+      if (o.attachFails) return kerr(o.attachFails, `exporter refuses ${a.dev.name}`);
       return kok();
     };
     ops.detach = () => {
@@ -130,7 +129,7 @@ export class SysmemExporter implements LeakSource {
       ops.pin = (a) => {
         this.calls.push("pin");
         this.#locked("pin", a.dmabuf);
-        if (o.pinFails) return dbErr(o.pinFails, "pin refused");
+        if (o.pinFails) return kerr(o.pinFails, "pin refused");
         this.pins++;
         return kok();
       };
@@ -157,7 +156,7 @@ export class SysmemExporter implements LeakSource {
         return kok();
       };
     if (o.vmap) {
-      ops.vmap = (): DbResult<IosysMap> => {
+      ops.vmap = (): KResult<IosysMap> => {
         this.calls.push("vmap");
         return kok({ isIomem: false, addr: System.phys(this.pages[0]!) });
       };
@@ -169,7 +168,7 @@ export class SysmemExporter implements LeakSource {
   }
 
   // the exporter's map_dma_buf: a fresh table of its pages, mapped for the importer's device
-  #map(attach: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> | null {
+  #map(attach: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> | null {
     this.calls.push(`map:${dir}`);
     this.#locked("map", attach.dmabuf);
     if (this.opts.mapReturnsNull) return null;
@@ -198,7 +197,7 @@ export class SysmemExporter implements LeakSource {
   }
 
   /** Exports with these ops (`priv` is this exporter). */
-  export(core: DmaBufCore): DbResult<DmaBuf> {
+  export(core: DmaBufCore): KResult<DmaBuf> {
     if (this.#pagesFreed) {
       // exported again after the previous buffer was released: fresh backing
       this.pages = this.sys.allocPages(this.opts.size);
@@ -234,10 +233,10 @@ export class SysmemExporter implements LeakSource {
    * Move the buffer to fresh pages (the caller holds the resv): refused while pinned; dynamic
    * importers are told first (move_notify), then the bytes are copied.
    */
-  move(): DbResult {
+  move(): KResult {
     const d = this.dmabuf!;
     if (!d.resv.held) throw new KernelBug("sysmem exporter: move() without the reservation lock");
-    if (this.pins > 0) return dbErr("EBUSY", `${d.describe()} is pinned ${this.pins} time(s)`);
+    if (this.pins > 0) return kerr("EBUSY", `${d.describe()} is pinned ${this.pins} time(s)`);
     dmaBufMoveNotify(d);
     const next = this.sys.allocPages(this.opts.size);
     for (let i = 0; i < this.pages.length; i++)

@@ -75,8 +75,7 @@ import {
   sysIoctl,
 } from "../dma-buf/file.ts";
 import { dmaBufFreeSgt, dmaBufPhysVecToSgt, type PhysVec } from "../dma-buf/phys-vec.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
   for_each_sgtable_dma_sg,
@@ -371,14 +370,14 @@ export class AccelDevice implements LeakSource {
    * context lives, including one kept alive by exported dma-bufs) and an fd in `proc`.
    * models hl_device_open() + hl_ctx_create()
    */
-  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): DbResult<number> {
+  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): KResult<number> {
     if (!this.operational)
-      return dbErr(
+      return kerr(
         "EBUSY",
         `${this.name}: can't open ${this.devicePath}, device is not operational`,
       );
     if (this.ctx)
-      return dbErr(
+      return kerr(
         "EBUSY",
         `${this.name}: can't open ${this.devicePath} because another user is working on it`,
       );
@@ -407,22 +406,22 @@ export class AccelDevice implements LeakSource {
   }
 
   /** `proc`'s context; a process with no fd of the device opens it first (when it is free). */
-  #ctxFor(proc: Process): DbResult<HlCtx> {
+  #ctxFor(proc: Process): KResult<HlCtx> {
     const ctx = this.#ctxOf(proc);
     if (ctx) return kok(ctx);
     if (this.ctx)
-      return dbErr("EBADF", `${proc.name} has no open ${this.devicePath} (another user has it)`);
+      return kerr("EBADF", `${proc.name} has no open ${this.devicePath} (another user has it)`);
     const o = this.open(proc);
     if (!o.ok) return o;
     return kok(this.ctx!);
   }
 
   // models drm_ioctl() dispatch to the one driver ioctl modelled (hl_mem_ioctl)
-  #ioctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbResult<number> {
+  #ioctl(file: KFile, cmd: number, arg: unknown, proc: Process): KResult<number> {
     if (cmd !== DRM_IOCTL_HL_MEMORY)
-      return dbErr("EINVAL", `${this.devicePath}: ioctl 0x${cmd.toString(16)} is not modelled`);
+      return kerr("EINVAL", `${this.devicePath}: ioctl 0x${cmd.toString(16)} is not modelled`);
     if (typeof arg !== "object" || arg === null)
-      return dbErr("EFAULT", "DRM_IOCTL_HL_MEMORY: copy_from_user failed");
+      return kerr("EFAULT", "DRM_IOCTL_HL_MEMORY: copy_from_user failed");
     const holder = "in" in arg ? (arg as HlMemArgs) : null;
     const args = holder ? holder.in : (arg as HlMemIn);
     const ctx = this.ctx;
@@ -510,9 +509,9 @@ export class AccelDevice implements LeakSource {
    * `proc` has no fd of it and it is free). The union is zeroed, `out.fd` -EBADF until an export
    * succeeds. models hl_mem_ioctl()
    */
-  memIoctl(proc: Process, args: HlMemIn): DbResult<HlMemOut> {
+  memIoctl(proc: Process, args: HlMemIn): KResult<HlMemOut> {
     if (!this.operational)
-      return dbErr(
+      return kerr(
         "EBUSY",
         `${this.name}: device is disabled or in reset, can't execute MEMORY IOCTL`,
       );
@@ -521,16 +520,16 @@ export class AccelDevice implements LeakSource {
     return this.#memIoctl(ctx.value, proc, args);
   }
 
-  #memIoctl(ctx: HlCtx, proc: Process, args: HlMemIn): DbResult<HlMemOut> {
+  #memIoctl(ctx: HlCtx, proc: Process, args: HlMemIn): KResult<HlMemOut> {
     const out: HlMemOut = { handle: 0n, device_virt_addr: 0n, fd: EBADF_FD };
     if (!this.operational)
-      return dbErr(
+      return kerr(
         "EBUSY",
         `${this.name}: device is disabled or in reset, can't execute MEMORY IOCTL`,
       );
     switch (args.op) {
       case HL_MEM_OP_ALLOC: {
-        if (args.mem_size === 0n) return dbErr("EINVAL", "alloc size must be larger than 0");
+        if (args.mem_size === 0n) return kerr("EINVAL", "alloc size must be larger than 0");
         if (!this.dramVirtualMemory) {
           // the driver does not allocate Gaudi1 DRAM; it only accounts what the user says
           ctx.dram_phys_mem += args.mem_size;
@@ -583,13 +582,13 @@ export class AccelDevice implements LeakSource {
   }
 
   /** First-fit DRAM pages (not necessarily contiguous). models alloc_device_memory() */
-  allocDeviceMemory(size: bigint, asid = this.ctx?.asid ?? 1): DbResult<bigint> {
-    if (size === 0n) return dbErr("EINVAL", "alloc size 0");
+  allocDeviceMemory(size: bigint, asid = this.ctx?.asid ?? 1): KResult<bigint> {
+    if (size === 0n) return kerr("EINVAL", "alloc size 0");
     const ps = this.dram_page_size;
     const n = Number(alignUp(size, ps) / ps);
     const free: number[] = [];
     for (let i = 0; i < this.#used.length && free.length < n; i++) if (!this.#used[i]) free.push(i);
-    if (free.length < n) return dbErr("ENOMEM", `${this.name}: out of DRAM for ${size} bytes`);
+    if (free.length < n) return kerr("ENOMEM", `${this.name}: out of DRAM for ${size} bytes`);
     for (const i of free) this.#used[i] = 1;
     const handle = this.#nextHandle++;
     const pack: PhysPgPack = {
@@ -614,11 +613,11 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models free_device_memory(): a mapped pack (or, in v3, an exported one) cannot be freed. */
-  freeDeviceMemory(handle: bigint): DbResult {
+  freeDeviceMemory(handle: bigint): KResult {
     const p = this.idr.get(handle);
-    if (!p) return dbErr("EINVAL", `free device memory failed, no match for handle ${handle}`);
-    if (p.mapping_cnt > 0) return dbErr("EINVAL", `handle ${handle} is mapped, cannot free`);
-    if (p.exporting_cnt > 0) return dbErr("EINVAL", `handle ${handle} is exported, cannot free`);
+    if (!p) return kerr("EINVAL", `free device memory failed, no match for handle ${handle}`);
+    if (p.mapping_cnt > 0) return kerr("EINVAL", `handle ${handle} is mapped, cannot free`);
+    if (p.exporting_cnt > 0) return kerr("EINVAL", `handle ${handle} is exported, cannot free`);
     this.#freePages(p);
     this.idr.delete(handle);
     this.dram_used_mem -= p.total_size;
@@ -626,9 +625,9 @@ export class AccelDevice implements LeakSource {
   }
 
   /** Maps a DRAM pack at a fresh device VA. models map_device_va() (DRAM branch) */
-  mapDeviceVa(handle: bigint): DbResult<bigint> {
+  mapDeviceVa(handle: bigint): KResult<bigint> {
     const p = this.idr.get(handle);
-    if (!p) return dbErr("EINVAL", `no match for handle ${handle}`);
+    if (!p) return kerr("EINVAL", `no match for handle ${handle}`);
     const va = alignUp(this.#nextVa, this.dram_page_size);
     this.#nextVa = va + p.total_size;
     p.mapping_cnt++;
@@ -648,10 +647,10 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models unmap_device_va(): refuses an exported mapping with -EINVAL. */
-  unmapDeviceVa(va: bigint): DbResult {
+  unmapDeviceVa(va: bigint): KResult {
     const h = this.mem_hash.get(va);
-    if (!h) return dbErr("EINVAL", `unmap failed, no mem hnode for vaddr ${hex(va)}`);
-    if (h.export_cnt > 0) return dbErr("EINVAL", `failed to unmap ${hex(va)}, memory is exported`);
+    if (!h) return kerr("EINVAL", `unmap failed, no mem hnode for vaddr ${hex(va)}`);
+    if (h.export_cnt > 0) return kerr("EINVAL", `failed to unmap ${hex(va)}, memory is exported`);
     this.mem_hash.delete(va);
     const p = this.idr.get(h.handle);
     if (p) p.mapping_cnt--;
@@ -661,38 +660,38 @@ export class AccelDevice implements LeakSource {
   // ── export (mainline) ────────────────────────────────────────────────────────────────────
 
   /** models memhash_node_export_get(): exact VA hit, 32-bit handle, then export_cnt++. */
-  #memhashNodeExportGet(addr: bigint): DbResult<HlVmHashNode> {
+  #memhashNodeExportGet(addr: bigint): KResult<HlVmHashNode> {
     const h = this.mem_hash.get(addr);
-    if (!h) return dbErr("EINVAL", `map address ${hex(addr)} not found`);
+    if (!h) return kerr("EINVAL", `map address ${hex(addr)} not found`);
     if (h.handle >> 32n !== 0n)
-      return dbErr("EINVAL", `invalid handle ${hex(h.handle)} for map address ${hex(addr)}`);
+      return kerr("EINVAL", `invalid handle ${hex(h.handle)} for map address ${hex(addr)}`);
     h.export_cnt++;
     return kok(h);
   }
 
   /** models get_phys_pg_pack_from_hash_node(). */
-  #physPgPackFromHashNode(h: HlVmHashNode): DbResult<PhysPgPack> {
+  #physPgPackFromHashNode(h: HlVmHashNode): KResult<PhysPgPack> {
     const p = this.idr.get(h.handle);
-    if (!p) return dbErr("EINVAL", `no match for handle ${hex(h.handle)}`);
+    if (!p) return kerr("EINVAL", `no match for handle ${hex(h.handle)}`);
     if (p.vm_type !== "phys-pack")
-      return dbErr("EINVAL", `handle ${hex(h.handle)} does not represent DRAM memory`);
+      return kerr("EINVAL", `handle ${hex(h.handle)} does not represent DRAM memory`);
     return kok(p);
   }
 
   /** models validate_export_params_common(). */
-  #validateCommon(addr: bigint, size: bigint, offset: bigint): DbResult {
+  #validateCommon(addr: bigint, size: bigint, offset: bigint): KResult {
     if (!pageAligned(addr))
-      return dbErr(
+      return kerr(
         "EINVAL",
         `exported device memory address ${hex(addr)} should be aligned to PAGE_SIZE 0x1000`,
       );
     if (size === 0n || !pageAligned(size))
-      return dbErr(
+      return kerr(
         "EINVAL",
         `exported device memory size ${size} should be a multiple of PAGE_SIZE 4096`,
       );
     if (!pageAligned(offset))
-      return dbErr(
+      return kerr(
         "EINVAL",
         `exported device memory offset ${offset} should be a multiple of PAGE_SIZE 4096`,
       );
@@ -700,11 +699,11 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models validate_export_params(): common, offset+size within the pack, every page in the BAR. */
-  #validate(addr: bigint, size: bigint, offset: bigint, p: PhysPgPack): DbResult {
+  #validate(addr: bigint, size: bigint, offset: bigint, p: PhysPgPack): KResult {
     const c = this.#validateCommon(addr, size, offset);
     if (!c.ok) return c;
     if (offset + size > p.total_size)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `offset ${hex(offset)} and size ${hex(size)} exceed total map size ${hex(p.total_size)}`,
       );
@@ -712,7 +711,7 @@ export class AccelDevice implements LeakSource {
     for (const page of p.pages) {
       const bar = this.dram_pci_bar_start + (page - this.dram_base_address);
       if (bar + p.page_size > barEnd || bar + p.page_size < bar)
-        return dbErr(
+        return kerr(
           "EINVAL",
           `DRAM memory range ${hex(page)} (+${hex(p.page_size)}) is outside of PCI BAR boundaries`,
         );
@@ -725,7 +724,7 @@ export class AccelDevice implements LeakSource {
    * its BAR translation inside the BAR window, both overflow-checked.
    * models validate_export_params_no_mmu()
    */
-  #validateNoMmu(addr: bigint, size: bigint): DbResult {
+  #validateNoMmu(addr: bigint, size: bigint): KResult {
     const c = this.#validateCommon(addr, size, 0n);
     if (!c.ok) return c;
     const U64 = (1n << 64n) - 1n;
@@ -734,13 +733,13 @@ export class AccelDevice implements LeakSource {
       addr + size > this.dram_end_address ||
       addr + size > U64
     )
-      return dbErr(
+      return kerr(
         "EINVAL",
         `DRAM memory range ${hex(addr)} (+${hex(size)}) is outside of DRAM boundaries`,
       );
     const bar = this.dram_pci_bar_start + (addr - this.dram_base_address);
     if (bar + size > this.dram_pci_bar_start + this.dram_pci_bar_size || bar + size > U64)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `DRAM memory range ${hex(addr)} (+${hex(size)}) is outside of PCI BAR boundaries`,
       );
@@ -757,7 +756,7 @@ export class AccelDevice implements LeakSource {
     size: bigint,
     offset: bigint,
     flags: number,
-  ): DbResult<number> {
+  ): KResult<number> {
     const ctx = this.#ctxFor(proc);
     if (!ctx.ok) return ctx;
     return this.#exportDmabufFromAddr(ctx.value, proc, addr, size, offset, flags);
@@ -774,9 +773,9 @@ export class AccelDevice implements LeakSource {
     size: bigint,
     offset: bigint,
     flags: number,
-  ): DbResult<number> {
+  ): KResult<number> {
     if (!this.dramVirtualMemory && offset !== 0n)
-      return dbErr("EINVAL", "offset is not allowed in device without virtual memory");
+      return kerr("EINVAL", "offset is not allowed in device without virtual memory");
     let pack: PhysPgPack | null = null;
     let hnode: HlVmHashNode | null = null;
     if (this.dramVirtualMemory) {
@@ -787,14 +786,14 @@ export class AccelDevice implements LeakSource {
       const v = p.ok ? this.#validate(addr, size, offset, p.value) : p;
       if (!p.ok || !v.ok) {
         hnode.export_cnt--; // memhash_node_export_put()
-        return p.ok ? (v as DbResult<never>) : p;
+        return p.ok ? (v as KResult<never>) : p;
       }
       pack = p.value;
     } else {
       const v = this.#validateNoMmu(addr, size);
       if (!v.ok) return v;
     }
-    const put = <T>(r: DbResult<T>): DbResult<T> => {
+    const put = <T>(r: KResult<T>): KResult<T> => {
       if (hnode) hnode.export_cnt--;
       return r;
     };
@@ -857,21 +856,15 @@ export class AccelDevice implements LeakSource {
    * [addr, +size) with addr and size 32 MiB aligned inside the user DRAM range.
    * models the v3 export_dmabuf_from_handle() / export_dmabuf_from_addr()
    */
-  #exportV3(
-    ctx: HlCtx,
-    proc: Process,
-    addr: bigint,
-    size: bigint,
-    flags: number,
-  ): DbResult<number> {
+  #exportV3(ctx: HlCtx, proc: Process, addr: bigint, size: bigint, flags: number): KResult<number> {
     if (this.dramVirtualMemory) {
       const handle = addr & 0xffff_ffffn;
       const p = this.idr.get(handle);
-      if (!p) return dbErr("EINVAL", `no match for handle ${hex(handle)}`);
+      if (!p) return kerr("EINVAL", `no match for handle ${hex(handle)}`);
       p.exporting_cnt++;
       if (p.vm_type !== "phys-pack") {
         p.exporting_cnt--;
-        return dbErr("EINVAL", `handle ${hex(addr)} is not for DRAM memory`);
+        return kerr("EINVAL", `handle ${hex(addr)} is not for DRAM memory`);
       }
       const r = this.#exportV3Common(ctx, proc, p, p.pages, p.page_size, p.total_size, 0n, flags);
       if (!r.ok) p.exporting_cnt--;
@@ -879,19 +872,19 @@ export class AccelDevice implements LeakSource {
     }
     const A = V3_EXPORT_ALIGNMENT;
     if (addr % A !== 0n)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `address of exported device memory should be aligned to ${hex(A)}, address ${hex(addr)}`,
       );
     if (size === 0n)
-      return dbErr("EINVAL", "size of exported device memory should be greater than 0");
+      return kerr("EINVAL", "size of exported device memory should be greater than 0");
     if (size % A !== 0n)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `size of exported device memory should be aligned to ${hex(A)}, size ${hex(size)}`,
       );
     if (addr < this.dram_user_base_address || addr + size > this.dram_end_address)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `DRAM memory range is outside of DRAM boundaries, address ${hex(addr)}, size ${hex(size)}`,
       );
@@ -913,7 +906,7 @@ export class AccelDevice implements LeakSource {
     size: bigint,
     physAddrIn: bigint,
     flags: number,
-  ): DbResult<number> {
+  ): KResult<number> {
     let pages = pagesIn;
     let pageSize = pageSizeIn;
     if (pageSize > V3_CHUNK_MAX_SIZE) {
@@ -964,7 +957,7 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models the v3 alloc_sgt_from_device_pages(): contiguous pages merged up to 512 MiB. */
-  #v3Sgt(pages: readonly bigint[], pageSize: bigint): DbResult<SgTable> {
+  #v3Sgt(pages: readonly bigint[], pageSize: bigint): KResult<SgTable> {
     const chunks: Run[] = [];
     for (const p of pages) {
       const last = chunks[chunks.length - 1];
@@ -981,7 +974,7 @@ export class AccelDevice implements LeakSource {
       const bar = this.barAddress(c.addr);
       if (bar + c.len > barEnd) {
         sg_free_table(t.value);
-        return dbErr(
+        return kerr(
           "EINVAL",
           `DRAM memory range is outside of PCI BAR boundaries, address ${hex(c.addr)}, size ${hex(c.len)}`,
         );
@@ -1033,7 +1026,7 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models hl_dmabuf_attach(): never fails; clears peer2peer when P2P is impossible. */
-  #attach(a: DmaBufAttachment): DbResult {
+  #attach(a: DmaBufAttachment): KResult {
     if (!this.attachChecksDistance) {
       this.#traceAttach(a, null);
       return kok();
@@ -1097,16 +1090,16 @@ export class AccelDevice implements LeakSource {
    * dma_map_sgtable(). phys-vec: the contiguous BAR ranges through dma_buf_phys_vec_to_sgt().
    * models hl_map_dmabuf() + alloc_sgt_from_device_pages()
    */
-  #map(priv: HlDmabufPriv, a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #map(priv: HlDmabufPriv, a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     if (!a.peer2peer) {
       this.log.push("Failed to map dmabuf because p2p is disabled");
       return this.#traceMapFail(
         a,
-        dbErr("EPERM", `${this.name}: Failed to map dmabuf because p2p is disabled`),
+        kerr("EPERM", `${this.name}: Failed to map dmabuf because p2p is disabled`),
       );
     }
     const dev = a.dev;
-    let r: DbResult<SgTable>;
+    let r: KResult<SgTable>;
     if (this.mapMode === "phys-vec") {
       const vec: PhysVec[] = this.#exportedRuns(priv, NO_SPLIT).map((x) => ({
         paddr: this.barAddress(x.addr),
@@ -1118,11 +1111,11 @@ export class AccelDevice implements LeakSource {
       if (maxSeg < PAGE_SIZE_N)
         return this.#traceMapFail(
           a,
-          dbErr("EINVAL", `dma_max_seg_size ${maxSeg} can't be smaller than PAGE_SIZE`),
+          kerr("EINVAL", `dma_max_seg_size ${maxSeg} can't be smaller than PAGE_SIZE`),
         );
       const runs = this.#exportedRuns(priv, maxSeg);
       if (runs.reduce((s, x) => s + x.len, 0n) !== priv.size)
-        return this.#traceMapFail(a, dbErr("ENOMEM", "sg table does not cover the exported size"));
+        return this.#traceMapFail(a, kerr("ENOMEM", "sg table does not cover the exported size"));
       r =
         this.mapMode === "p2p-pages"
           ? this.#mapPages(runs, dev, dir, maxSeg)
@@ -1137,7 +1130,7 @@ export class AccelDevice implements LeakSource {
     return r;
   }
 
-  #traceMapFail<T>(a: DmaBufAttachment, r: DbResult<T>): DbResult<T> {
+  #traceMapFail<T>(a: DmaBufAttachment, r: KResult<T>): KResult<T> {
     if (!r.ok)
       this.sys.trace.emit(
         "accel:map",
@@ -1170,7 +1163,7 @@ export class AccelDevice implements LeakSource {
     );
   }
 
-  #mapResource(runs: Run[], dev: DmaDevice, dir: DmaDirection): DbResult<SgTable> {
+  #mapResource(runs: Run[], dev: DmaDevice, dir: DmaDirection): KResult<SgTable> {
     const t = sg_alloc_table(runs.length, { name: `${this.name} dmabuf sgt for ${dev.name}` });
     if (!t.ok) return t;
     const sgt = t.value;
@@ -1190,7 +1183,7 @@ export class AccelDevice implements LeakSource {
           });
         }
         sg_free_table(sgt);
-        return dbErr("ENOMEM", `dma_map_resource of ${hex(bar)} for ${dev.name} failed`);
+        return kerr("ENOMEM", `dma_map_resource of ${hex(bar)} for ${dev.name} failed`);
       }
       sg_set_page(s, null, Number(run.len), 0);
       s.dma_address = dma;
@@ -1202,7 +1195,7 @@ export class AccelDevice implements LeakSource {
   }
 
   /** The generalised way: P2P pages of the BAR, dma_map_sgtable() (P2PDMA map type decides). */
-  #mapPages(runs: Run[], dev: DmaDevice, dir: DmaDirection, maxSeg: bigint): DbResult<SgTable> {
+  #mapPages(runs: Run[], dev: DmaDevice, dir: DmaDirection, maxSeg: bigint): KResult<SgTable> {
     const pages: Page[] = [];
     for (const run of runs)
       for (let o = 0n; o < run.len; o += PAGE_SIZE_N) {
@@ -1252,7 +1245,7 @@ export class AccelDevice implements LeakSource {
   }
 
   /** models the v3 hl_map_dmabuf(): the table built at export, whoever asks. */
-  #mapV3(a: DmaBufAttachment): DbResult<SgTable> {
+  #mapV3(a: DmaBufAttachment): KResult<SgTable> {
     const priv = a.priv as HlDmabufPriv | null;
     if (!priv?.sgt) throw new KernelBug(`${this.name}: v3 map on ${a.describe()} with no priv`);
     this.#traceMap(a, priv.sgt);
@@ -1327,9 +1320,9 @@ export class AccelDevice implements LeakSource {
    * exporter's attach errno is returned (the reference dropped). Nothing is mapped yet.
    * Device not operational → -EBUSY. (dma_buf_get + dma_buf_dynamic_attach, as an ODP importer does)
    */
-  importDmabuf(proc: Process, fd: number): DbResult<AccelImport> {
+  importDmabuf(proc: Process, fd: number): KResult<AccelImport> {
     if (!this.operational)
-      return dbErr("EBUSY", `${this.name}: device is disabled or in reset, can't import`);
+      return kerr("EBUSY", `${this.name}: device is disabled or in reset, can't import`);
     const got = dmaBufGet(proc, fd);
     if (!got.ok) return got;
     const dmabuf = got.value;
@@ -1399,7 +1392,7 @@ export class AccelDevice implements LeakSource {
   }
 
   /** MODEL: the import's table, mapped now (under the resv) if it is not; the exporter's errno. */
-  #importMap(imp: AccelImport): DbResult<SgTable> {
+  #importMap(imp: AccelImport): KResult<SgTable> {
     if (imp.sgt) return kok(imp.sgt);
     const m = dmaBufMapAttachmentUnlocked(imp.attach, "bidirectional");
     if (!m.ok) {
@@ -1426,7 +1419,7 @@ export class AccelDevice implements LeakSource {
    * in the user DRAM range. Anything else, or HBM beyond the BAR window (not backed in the model)
    * → -EINVAL.
    */
-  #hbmRuns(addr: bigint, length: bigint): DbResult<{ phys: PhysAddr; len: bigint }[]> {
+  #hbmRuns(addr: bigint, length: bigint): KResult<{ phys: PhysAddr; len: bigint }[]> {
     const barEnd = this.dram_pci_bar_start + this.dram_pci_bar_size;
     const out: { phys: PhysAddr; len: bigint }[] = [];
     const push = (dev: bigint, len: bigint): boolean => {
@@ -1439,9 +1432,9 @@ export class AccelDevice implements LeakSource {
     };
     if (!this.dramVirtualMemory) {
       if (addr < this.dram_user_base_address || addr + length > this.dram_end_address)
-        return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the user DRAM range`);
+        return kerr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the user DRAM range`);
       if (!push(addr, length))
-        return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the DRAM BAR window`);
+        return kerr("EINVAL", `${hex(addr)} (+${hex(length)}) is outside the DRAM BAR window`);
       return kok(out);
     }
     const node = [...this.mem_hash.values()].find(
@@ -1449,7 +1442,7 @@ export class AccelDevice implements LeakSource {
     );
     const pack = node ? this.idr.get(node.handle) : undefined;
     if (!node || !pack || pack.vm_type !== "phys-pack")
-      return dbErr("EINVAL", `${hex(addr)} (+${hex(length)}) is not inside a DRAM mapping`);
+      return kerr("EINVAL", `${hex(addr)} (+${hex(length)}) is not inside a DRAM mapping`);
     let off = addr - node.vaddr;
     let left = length;
     while (left > 0n) {
@@ -1457,7 +1450,7 @@ export class AccelDevice implements LeakSource {
       const inPage = off % pack.page_size;
       const n = minBig(pack.page_size - inPage, left);
       if (!push(page + inPage, n))
-        return dbErr("EINVAL", `DRAM page ${hex(page)} is outside the DRAM BAR window`);
+        return kerr("EINVAL", `DRAM page ${hex(page)} is outside the DRAM BAR window`);
       off += n;
       left -= n;
     }
@@ -1477,10 +1470,10 @@ export class AccelDevice implements LeakSource {
     hbmAddr: bigint,
     length: bigint,
     dir: "hbm-to-import" | "import-to-hbm",
-  ): DbResult<AccelCopyResult> {
+  ): KResult<AccelCopyResult> {
     if (!this.imports.has(imp)) throw new KernelBug(`${this.name}: import #${imp.id} is not live`);
     if (importOffset < 0n || length < 0n || importOffset + length > imp.dmabuf.size)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `[${hex(importOffset)}, ${hex(importOffset + length)}) outside ${imp.dmabuf.describe()}`,
       );
@@ -1521,7 +1514,7 @@ export class AccelDevice implements LeakSource {
     if (fault) {
       const msg = `${this.name}: DMA ${dir} of import #${imp.id} faulted at ${hex(fault.address)}: ${fault.reason} (at ${fault.at})`;
       this.sys.trace.emit("accel:dma", msg, { device: this.fn.name, import: imp.id, errno: "EIO" });
-      return dbErr("EIO", msg);
+      return kerr("EIO", msg);
     }
     const kinds = [...new Set(segs.map((x) => x.kind))];
     this.sys.trace.emit(
@@ -1539,6 +1532,19 @@ export class AccelDevice implements LeakSource {
    * not released, context references that neither the open device file nor an export explains,
    * and DRAM still allocated (or accounted) once no context is left.
    */
+  /** The CPU physical (BAR) address of byte `off` of an exported buffer, or null if not ours. */
+  backingPhys(d: DmaBuf): ((off: bigint) => bigint) | null {
+    const priv = [...this.exports].find((p) => p.dmabuf === d);
+    if (!priv) return null;
+    return (off) => {
+      const pack = priv.phys_pg_pack;
+      if (!pack) return this.barAddress(priv.device_phys_addr + off);
+      const at = priv.offset + off;
+      const page = pack.pages[Number(at / pack.page_size)]!;
+      return this.barAddress(page + (at % pack.page_size));
+    };
+  }
+
   leaks(): Leak[] {
     const owner = `${this.name} ${this.fn.name}`;
     const out: Leak[] = [];
@@ -1605,10 +1611,10 @@ export interface AccelCopyResult {
 /**
  * ioctl(fd, DRM_IOCTL_HL_MEMORY, args) from `proc` on its device fd: what the ioctl wrote back.
  */
-export function hlMemIoctl(proc: Process, fd: number, args: HlMemIn): DbResult<HlMemOut> {
+export function hlMemIoctl(proc: Process, fd: number, args: HlMemIn): KResult<HlMemOut> {
   const holder: HlMemArgs = { in: args };
   const r = sysIoctl(proc, fd, DRM_IOCTL_HL_MEMORY, holder);
   if (!r.ok) return r;
-  if (!holder.out) return dbErr("ENOTTY", `fd ${fd} is not an accelerator device`);
+  if (!holder.out) return kerr("ENOTTY", `fd ${fd} is not an accelerator device`);
   return kok(holder.out);
 }

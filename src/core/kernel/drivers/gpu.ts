@@ -90,9 +90,8 @@ import {
   type Process,
   sysClose,
 } from "../dma-buf/file.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
 import { DmaResv } from "../dma-buf/resv.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
   for_each_sgtable_sg,
@@ -413,21 +412,21 @@ export class GpuFile {
    * CPU_ACCESS_REQUIRED and, for VRAM-only, with VRAM|GTT. Returns the new handle.
    * models amdgpu_gem_create_ioctl()
    */
-  createBo(size: bigint, domain: number, flags = 0): DbResult<number> {
+  createBo(size: bigint, domain: number, flags = 0): KResult<number> {
     this.#live("GEM_CREATE");
     if (flags & ~GEM_CREATE_FLAGS)
-      return dbErr("EINVAL", `GEM_CREATE: flags ${hex(BigInt(flags >>> 0))} not accepted`);
+      return kerr("EINVAL", `GEM_CREATE: flags ${hex(BigInt(flags >>> 0))} not accepted`);
     if (domain & ~(AMDGPU_GEM_DOMAIN_CPU | AMDGPU_GEM_DOMAIN_GTT | AMDGPU_GEM_DOMAIN_VRAM))
-      return dbErr("EINVAL", `GEM_CREATE: domain ${hex(BigInt(domain >>> 0))} not modelled`);
+      return kerr("EINVAL", `GEM_CREATE: domain ${hex(BigInt(domain >>> 0))} not modelled`);
     if (flags & AMDGPU_GEM_CREATE_ENCRYPTED)
-      return dbErr("EINVAL", "Cannot allocate secure buffer since TMZ is disabled");
+      return kerr("EINVAL", "Cannot allocate secure buffer since TMZ is disabled");
     if (flags & AMDGPU_GEM_CREATE_DISCARDABLE)
       throw new Error("gpu: AMDGPU_GEM_CREATE_DISCARDABLE is not modelled");
     if (!(domain & (AMDGPU_GEM_DOMAIN_GTT | AMDGPU_GEM_DOMAIN_VRAM)))
       throw new Error(`gpu: domain ${domainText(domain)} (SYSTEM placement) is not modelled`);
     let dom = domain;
     let fl = flags;
-    let r: DbResult<GpuBo>;
+    let r: KResult<GpuBo>;
     for (;;) {
       r = this.gpu.boCreate(size, dom, fl);
       if (r.ok) break;
@@ -458,12 +457,12 @@ export class GpuFile {
    * (amdgpu refuses VM_ALWAYS_VALID BOs with -EPERM); the file's PRIME cache and the BO each keep
    * a reference; the new fd takes one. models drm_gem_prime_handle_to_fd()
    */
-  exportFd(handle: number, flags: number = DRM_CLOEXEC | DRM_RDWR): DbResult<number> {
+  exportFd(handle: number, flags: number = DRM_CLOEXEC | DRM_RDWR): KResult<number> {
     this.#live("PRIME_HANDLE_TO_FD");
     if (flags & ~(DRM_CLOEXEC | DRM_RDWR))
-      return dbErr("EINVAL", `PRIME_HANDLE_TO_FD: flags ${hex(BigInt(flags >>> 0))}`);
+      return kerr("EINVAL", `PRIME_HANDLE_TO_FD: flags ${hex(BigInt(flags >>> 0))}`);
     const bo = this.handles.get(handle);
-    if (!bo) return dbErr("ENOENT", `PRIME_HANDLE_TO_FD: no handle ${handle}`);
+    if (!bo) return kerr("ENOENT", `PRIME_HANDLE_TO_FD: no handle ${handle}`);
     bo.kref++; // drm_gem_object_lookup
     try {
       let dmabuf = this.prime.get(handle);
@@ -478,7 +477,7 @@ export class GpuFile {
           getDmaBuf(dmabuf);
         } else {
           // models export_and_register_object()
-          if (bo.handle_count === 0) return dbErr("ENOENT", `${bo.describe()} has no handle`);
+          if (bo.handle_count === 0) return kerr("ENOENT", `${bo.describe()} has no handle`);
           const e = this.gpu.gemPrimeExport(bo, flags);
           if (!e.ok) return e;
           dmabuf = e.value;
@@ -510,7 +509,7 @@ export class GpuFile {
    * the BO is first validated (a command submission or `copy`).
    * models drm_gem_prime_fd_to_handle() (drm_prime.c)
    */
-  importFd(fd: number): DbResult<number> {
+  importFd(fd: number): KResult<number> {
     this.#live("PRIME_FD_TO_HANDLE");
     const got = dmaBufGet(this.proc, fd);
     if (!got.ok) return got;
@@ -560,20 +559,20 @@ export class GpuFile {
     dstHandle: number,
     dstOffset: bigint,
     length: bigint,
-  ): DbResult<GpuCopyResult> {
+  ): KResult<GpuCopyResult> {
     this.#live("AMDGPU_CS (SDMA copy)");
     const src = this.handles.get(srcHandle);
-    if (!src) return dbErr("ENOENT", `AMDGPU_CS: no handle ${srcHandle}`);
+    if (!src) return kerr("ENOENT", `AMDGPU_CS: no handle ${srcHandle}`);
     const dst = this.handles.get(dstHandle);
-    if (!dst) return dbErr("ENOENT", `AMDGPU_CS: no handle ${dstHandle}`);
+    if (!dst) return kerr("ENOENT", `AMDGPU_CS: no handle ${dstHandle}`);
     return this.gpu.sdmaCopy(src, srcOffset, dst, dstOffset, length);
   }
 
   /** DRM_IOCTL_GEM_CLOSE: unknown handle → -EINVAL. models drm_gem_handle_delete() */
-  closeHandle(handle: number): DbResult {
+  closeHandle(handle: number): KResult {
     this.#live("GEM_CLOSE");
     const bo = this.handles.get(handle);
-    if (!bo) return dbErr("EINVAL", `GEM_CLOSE: no handle ${handle}`);
+    if (!bo) return kerr("EINVAL", `GEM_CLOSE: no handle ${handle}`);
     this.#releaseHandle(handle, bo);
     return kok();
   }
@@ -600,7 +599,7 @@ export class GpuFile {
   }
 
   /** close(fd) of the device file. */
-  close(): DbResult {
+  close(): KResult {
     if (this.#released) return kok();
     return sysClose(this.proc, this.fd);
   }
@@ -634,12 +633,12 @@ export class GpuFile {
    * preferred domains (allowed domains if it is shared with attachments, or when the preferred
    * ones fail with -ENOMEM); pinned BOs stay. models amdgpu_cs_bo_validate()
    */
-  submit(handles: readonly number[]): DbResult {
+  submit(handles: readonly number[]): KResult {
     this.#live("AMDGPU_CS");
     const bos: GpuBo[] = [];
     for (const h of handles) {
       const bo = this.handles.get(h);
-      if (!bo) return dbErr("ENOENT", `AMDGPU_CS: no handle ${h}`);
+      if (!bo) return kerr("ENOENT", `AMDGPU_CS: no handle ${h}`);
       bos.push(bo);
     }
     for (const bo of bos) {
@@ -751,7 +750,7 @@ export class GpuDevice implements LeakSource {
   // ── files ──────────────────────────────────────────────────────────────────────────────────
 
   /** open(2) of the render node into `proc`'s fd table. models drm_open() + amdgpu_driver_open_kms() */
-  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): DbResult<GpuFile> {
+  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): KResult<GpuFile> {
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     const file = new KFile({ name: this.devicePath, fops: this.#fops, flags });
@@ -787,14 +786,14 @@ export class GpuDevice implements LeakSource {
    * ttm_bo_init_reserved does): size page-aligned; size not below the manager's size of the
    * first of GTT, VRAM in the domain → -ENOMEM. models amdgpu_bo_create()
    */
-  boCreate(size: bigint, domain: number, flags: number): DbResult<GpuBo> {
+  boCreate(size: bigint, domain: number, flags: number): KResult<GpuBo> {
     const sz = alignUp(size, PAGE_SIZE_N);
-    if (sz === 0n) return dbErr("EINVAL", "GEM_CREATE: size 0 (model: refused)");
+    if (sz === 0n) return kerr("EINVAL", "GEM_CREATE: size 0 (model: refused)");
     // models amdgpu_bo_validate_size()
     const man = domain & AMDGPU_GEM_DOMAIN_GTT ? this.gtt_size : this.vram_size;
     if (!(sz < man)) {
       this.log.push(`BO size ${sz} > total memory in domain: ${man}`);
-      return dbErr("ENOMEM", `BO size ${sz} > total memory in ${domainText(domain)}: ${man}`);
+      return kerr("ENOMEM", `BO size ${sz} > total memory in ${domainText(domain)}: ${man}`);
     }
     const bo = new GpuBo(this, sz, domain, flags);
     this.bos.add(bo);
@@ -982,14 +981,14 @@ export class GpuDevice implements LeakSource {
    * until it fits; nothing left to evict → -EBUSY. GTT is never evicted (SYSTEM not modelled).
    * models ttm_bo_mem_force_space() (6.1) / ttm_bo_evict_alloc() (mainline)
    */
-  #forceSpace(bo: GpuBo, place: Place, why: string): DbResult<Resource> {
+  #forceSpace(bo: GpuBo, place: Place, why: string): KResult<Resource> {
     for (;;) {
       const res = this.#allocAt(bo, place);
       if (res) return kok(res);
       if (place.mem !== "vram")
-        return dbErr("EBUSY", `GTT full (${hex(this.#gttUsed)} of ${hex(this.gtt_size)})`);
+        return kerr("EBUSY", `GTT full (${hex(this.#gttUsed)} of ${hex(this.gtt_size)})`);
       const v = this.#evictOne(bo, `make room for bo#${bo.id} (${why})`);
-      if (!v) return dbErr("EBUSY", `no VRAM BO can be evicted for bo#${bo.id}`);
+      if (!v) return kerr("EBUSY", `no VRAM BO can be evicted for bo#${bo.id}`);
       if (!v.ok) return v;
     }
   }
@@ -1000,7 +999,7 @@ export class GpuDevice implements LeakSource {
    * places; else allocate evicting. A pinned BO that has to move → -EINVAL (6.1: WARN from
    * amdgpu_bo_move). No space → -ENOMEM. models ttm_bo_validate()
    */
-  #validate(bo: GpuBo, domain: number, why: string): DbResult {
+  #validate(bo: GpuBo, domain: number, why: string): KResult {
     bo.resv.assertHeld("ttm_bo_validate");
     if (bo.importOf) return this.#importBind(bo, domain, why);
     const places = this.#placementFromDomain(bo, domain);
@@ -1012,7 +1011,7 @@ export class GpuDevice implements LeakSource {
             "amdgpu_bo_move:pin_count",
             `WARN_ON_ONCE(abo->tbo.pin_count > 0) in amdgpu_bo_move: ${bo.describe()} to ${domainText(domain)}`,
           );
-        return dbErr("EINVAL", `${bo.describe()} is pinned and would have to move (${why})`);
+        return kerr("EINVAL", `${bo.describe()} is pinned and would have to move (${why})`);
       }
       for (const place of places) {
         if (!evicting && place.fallback) continue;
@@ -1029,7 +1028,7 @@ export class GpuDevice implements LeakSource {
         return this.#move(bo, res, false, why);
       }
     }
-    return dbErr(
+    return kerr(
       "ENOMEM",
       `no space for ${bo.describe()} in ${domainText(domain)} (${why}): VRAM ${hex(this.vramUsed)} of ${hex(this.vram_size)} used`,
     );
@@ -1041,7 +1040,7 @@ export class GpuDevice implements LeakSource {
    * blit), the old store freed, the LRU updated; a move into VRAM clears CPU_ACCESS_REQUIRED.
    * models ttm_bo_handle_move_mem() → amdgpu_bo_move()
    */
-  #move(bo: GpuBo, res: Resource, evict: boolean, why: string): DbResult {
+  #move(bo: GpuBo, res: Resource, evict: boolean, why: string): KResult {
     const from = bo.placement;
     if (from === null) {
       // the first placement (ttm_bo_move_null): nothing to notify, nothing to copy
@@ -1056,7 +1055,7 @@ export class GpuDevice implements LeakSource {
           "amdgpu_bo_move:pin_count",
           `WARN_ON_ONCE(abo->tbo.pin_count > 0) in amdgpu_bo_move: ${bo.describe()}`,
         );
-      return dbErr("EINVAL", `can't move a pinned BO: ${bo.describe()}`);
+      return kerr("EINVAL", `can't move a pinned BO: ${bo.describe()}`);
     }
     this.#moveNotify(bo, evict, res.mem, why);
     const old = bo.segments();
@@ -1135,7 +1134,7 @@ export class GpuDevice implements LeakSource {
    * Evicts the VRAM LRU head that can be locked (skipping `except`), to GTT, with its resv held.
    * null: nothing evictable. models ttm_mem_evict_first() → ttm_bo_evict() with amdgpu_evict_flags()
    */
-  #evictOne(except: GpuBo | null, why: string): DbResult<GpuBo> | null {
+  #evictOne(except: GpuBo | null, why: string): KResult<GpuBo> | null {
     const victim = this.lru.find((b) => b !== except && !b.resv.held);
     if (!victim) return null;
     victim.resv.lock("ttm_bo_evict");
@@ -1149,7 +1148,7 @@ export class GpuDevice implements LeakSource {
       });
       if (!res) {
         this.log.push(`Failed to find memory space for buffer bo#${victim.id} eviction`);
-        return dbErr("ENOMEM", `GTT full: cannot evict bo#${victim.id}`);
+        return kerr("ENOMEM", `GTT full: cannot evict bo#${victim.id}`);
       }
       this.#emit("gpu:evict", `${this.name}: evicting bo#${victim.id} from VRAM (${why})`, {
         device: this.fn.name,
@@ -1169,10 +1168,10 @@ export class GpuDevice implements LeakSource {
    * evictable → the profile's errno (6.1 -EBUSY, mainline -ENOENT).
    * models ttm_mem_evict_first() (6.1) / ttm_bo_evict_first() (mainline) on the VRAM manager
    */
-  evictFirst(): DbResult<GpuBo> {
+  evictFirst(): KResult<GpuBo> {
     const r = this.#evictOne(null, "memory pressure");
     if (r) return r;
-    return dbErr(
+    return kerr(
       this.profile.evictFirstNone,
       `nothing evictable in VRAM (${this.lru.length} BO(s) on the LRU, ${[...this.bos].filter((b) => b.pin_count > 0).length} pinned)`,
     );
@@ -1182,7 +1181,7 @@ export class GpuDevice implements LeakSource {
    * Evict every VRAM BO that can be (pinned ones stay); the number evicted.
    * models amdgpu_ttm_evict_resources(adev, TTM_PL_VRAM) (debugfs amdgpu_evict_vram)
    */
-  evict(): DbResult<number> {
+  evict(): KResult<number> {
     let n = 0;
     for (;;) {
       const r = this.#evictOne(null, "evict all VRAM");
@@ -1199,20 +1198,20 @@ export class GpuDevice implements LeakSource {
    * -EINVAL unless it sits in `domain`, else +1; otherwise CPU_ACCESS_REQUIRED (unless
    * NO_CPU_ACCESS), validate into `domain` (its errno), pin (off the LRU). models amdgpu_bo_pin()
    */
-  boPin(bo: GpuBo, domainIn: number, why = "pin"): DbResult {
+  boPin(bo: GpuBo, domainIn: number, why = "pin"): KResult {
     bo.resv.assertHeld("amdgpu_bo_pin");
     let domain = domainIn;
     if (bo.preferred_domains & domain) domain = bo.preferred_domains & domain;
     // a shared (imported) BO cannot be migrated to VRAM: GTT or nothing
     if (bo.importOf) {
       if (!(domain & AMDGPU_GEM_DOMAIN_GTT))
-        return dbErr("EINVAL", `${bo.describe()} is imported: it can only be pinned in GTT`);
+        return kerr("EINVAL", `${bo.describe()} is imported: it can only be pinned in GTT`);
       domain = AMDGPU_GEM_DOMAIN_GTT;
     }
     if (bo.pin_count > 0) {
       const cur = bo.placement === "vram" ? AMDGPU_GEM_DOMAIN_VRAM : AMDGPU_GEM_DOMAIN_GTT;
       if (!(domain & cur))
-        return dbErr(
+        return kerr(
           "EINVAL",
           `${bo.describe()} is pinned in ${bo.placement}, ${domainText(domain)} requested`,
         );
@@ -1269,7 +1268,7 @@ export class GpuDevice implements LeakSource {
   }
 
   /** A kernel pin the way display code does it: reserve, amdgpu_bo_pin, unreserve. */
-  pinKernel(bo: GpuBo, domain: number): DbResult {
+  pinKernel(bo: GpuBo, domain: number): KResult {
     bo.resv.lock("amdgpu_bo_reserve");
     try {
       return this.boPin(bo, domain, "kernel pin");
@@ -1288,7 +1287,7 @@ export class GpuDevice implements LeakSource {
   }
 
   /** @internal models amdgpu_cs_bo_validate() for one BO (reserved around it). */
-  csValidate(bo: GpuBo): DbResult {
+  csValidate(bo: GpuBo): KResult {
     bo.resv.lock("amdgpu_cs_parser_bos");
     try {
       return this.#csValidateLocked(bo);
@@ -1298,7 +1297,7 @@ export class GpuDevice implements LeakSource {
   }
 
   // models amdgpu_cs_bo_validate() with the BO reserved by the caller
-  #csValidateLocked(bo: GpuBo): DbResult {
+  #csValidateLocked(bo: GpuBo): KResult {
     if (bo.pin_count > 0) return kok();
     const shared = bo.dma_buf;
     let domain =
@@ -1367,9 +1366,9 @@ export class GpuDevice implements LeakSource {
    * helper's KBUILD_MODNAME); mainline's ttm_bo_setup_export populates GTT pages, which the model
    * always has. models amdgpu_gem_prime_export() → drm_gem_prime_export() → drm_gem_dmabuf_export()
    */
-  gemPrimeExport(bo: GpuBo, flags: number): DbResult<DmaBuf> {
+  gemPrimeExport(bo: GpuBo, flags: number): KResult<DmaBuf> {
     if (bo.flags & AMDGPU_GEM_CREATE_VM_ALWAYS_VALID)
-      return dbErr("EPERM", `${bo.describe()} is VM_ALWAYS_VALID: cannot be exported`);
+      return kerr("EPERM", `${bo.describe()} is VM_ALWAYS_VALID: cannot be exported`);
     const r = dmaBufExport(this.core, {
       exp_name: "drm",
       owner: this.module,
@@ -1418,7 +1417,7 @@ export class GpuDevice implements LeakSource {
    * false) < 0`; XGMI never applies here); mainline then takes the resv to mark the BO shared
    * for its VMs. Never fails. models amdgpu_dma_buf_attach()
    */
-  #attach(d: DmaBuf, a: DmaBufAttachment): DbResult {
+  #attach(d: DmaBuf, a: DmaBufAttachment): KResult {
     const bo = this.#bo(d);
     const asked = a.peer2peer;
     const dist = this.sys.p2pdma.distanceMany(this.fn, [a.dev.fn], false);
@@ -1447,7 +1446,7 @@ export class GpuDevice implements LeakSource {
    * off or any attachment cannot do P2P; VRAM left → CPU_ACCESS_REQUIRED; nothing left → WARN,
    * -EINVAL. models amdgpu_dma_buf_pin()
    */
-  #pin(a: DmaBufAttachment): DbResult {
+  #pin(a: DmaBufAttachment): KResult {
     const d = a.dmabuf;
     const bo = this.#bo(d);
     d.resv.assertHeld("amdgpu_dma_buf_pin");
@@ -1470,7 +1469,7 @@ export class GpuDevice implements LeakSource {
     if (!domains) {
       const msg = `amdgpu_dma_buf_pin: no domain left for ${bo.describe()} (${why})`;
       this.core.warn(msg);
-      return dbErr("EINVAL", msg, { warn: true });
+      return kerr("EINVAL", msg, { warn: true });
     }
     return this.boPin(bo, domains, `dma_buf_pin by ${a.dev.name}: ${why}`);
   }
@@ -1488,7 +1487,7 @@ export class GpuDevice implements LeakSource {
    * VRAM: one page-less entry per buddy block, each dma_map_resource'd (failure: unwind, -ENOMEM).
    * models amdgpu_dma_buf_map() (+ drm_prime_pages_to_sg, amdgpu_vram_mgr_alloc_sgt)
    */
-  #map(a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #map(a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     const d = a.dmabuf;
     const bo = this.#bo(d);
     d.resv.assertHeld("amdgpu_dma_buf_map");
@@ -1505,8 +1504,8 @@ export class GpuDevice implements LeakSource {
       );
       if (!v.ok) return this.#traceMapFail(a, bo, v);
     } else if (this.profile.mapPinned === "gtt-or-ebusy" && bo.placement !== "gtt")
-      return this.#traceMapFail(a, bo, dbErr("EBUSY", `${bo.describe()} is pinned outside GTT`));
-    let r: DbResult<SgTable>;
+      return this.#traceMapFail(a, bo, kerr("EBUSY", `${bo.describe()} is pinned outside GTT`));
+    let r: KResult<SgTable>;
     if (bo.placement === "gtt") {
       const t = sg_alloc_table_from_pages(bo.gttPages, 0, bo.size, {
         name: `${this.name} bo#${bo.id} GTT sgt for ${a.dev.name}`,
@@ -1518,12 +1517,12 @@ export class GpuDevice implements LeakSource {
         return this.#traceMapFail(
           a,
           bo,
-          dbErr("EBUSY", `dma_map_sgtable for ${a.dev.name} failed: ${m.errno}`),
+          kerr("EBUSY", `dma_map_sgtable for ${a.dev.name} failed: ${m.errno}`),
         );
       }
       r = t;
     } else if (bo.placement === "vram") r = this.#vramMgrAllocSgt(bo, a, dir);
-    else return this.#traceMapFail(a, bo, dbErr("EINVAL", `${bo.describe()} has no placement`));
+    else return this.#traceMapFail(a, bo, kerr("EINVAL", `${bo.describe()} has no placement`));
     if (!r.ok) return this.#traceMapFail(a, bo, r);
     this.outstanding.set(r.value, { bo, kind: bo.placement === "vram" ? "vram" : "pages" });
     this.#traceMap(a, bo, r.value);
@@ -1531,7 +1530,7 @@ export class GpuDevice implements LeakSource {
   }
 
   /** models amdgpu_vram_mgr_alloc_sgt(): one page-less entry per block, dma_map_resource each. */
-  #vramMgrAllocSgt(bo: GpuBo, a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #vramMgrAllocSgt(bo: GpuBo, a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     const blocks = bo.vram.flatMap((r) => buddyBlocks(r));
     const t = sg_alloc_table(blocks.length, {
       name: `${this.name} bo#${bo.id} VRAM sgt for ${a.dev.name}`,
@@ -1556,7 +1555,7 @@ export class GpuDevice implements LeakSource {
           });
         }
         sg_free_table(sgt);
-        return dbErr("ENOMEM", `dma_map_resource of ${hex(phys)} for ${a.dev.name} failed`);
+        return kerr("ENOMEM", `dma_map_resource of ${hex(phys)} for ${a.dev.name} failed`);
       }
       const s = ents[i]!;
       sg_set_page(s, null, Number(b.size), 0);
@@ -1595,7 +1594,7 @@ export class GpuDevice implements LeakSource {
     sg_free_table(sgt);
   }
 
-  #traceMapFail<T>(a: DmaBufAttachment, bo: GpuBo, r: DbResult<T>): DbResult<T> {
+  #traceMapFail<T>(a: DmaBufAttachment, bo: GpuBo, r: KResult<T>): KResult<T> {
     if (!r.ok)
       this.#emit(
         "gpu:map",
@@ -1632,7 +1631,7 @@ export class GpuDevice implements LeakSource {
    * (only CPU_GTT_USWC BOs: amdgpu_display_supported_domains), not pinned and allowed in GTT:
    * reserve and validate into GTT (its errno). Otherwise nothing. models amdgpu_dma_buf_begin_cpu_access()
    */
-  #beginCpuAccess(d: DmaBuf, dir: DmaDirection): DbResult {
+  #beginCpuAccess(d: DmaBuf, dir: DmaDirection): KResult {
     const bo = this.#bo(d);
     const reads = dir === "bidirectional" || dir === "from-device";
     const domain =
@@ -1650,7 +1649,7 @@ export class GpuDevice implements LeakSource {
   }
 
   /** Mainline pins in GTT | VRAM first; the map is the BAR (iomem) or the first GTT page. */
-  #vmap(d: DmaBuf): DbResult<IosysMap> {
+  #vmap(d: DmaBuf): KResult<IosysMap> {
     const bo = this.#bo(d);
     if (this.profile.vmapPins) {
       const p = this.boPin(bo, AMDGPU_GEM_DOMAIN_GTT | AMDGPU_GEM_DOMAIN_VRAM, "vmap");
@@ -1703,7 +1702,7 @@ export class GpuDevice implements LeakSource {
    * exporter's attach errno is returned and the BO dropped; the attachment keeps a reference on
    * the dma-buf. Nothing is mapped here. models amdgpu_gem_prime_import()
    */
-  gemPrimeImport(dmabuf: DmaBuf): DbResult<GpuBo> {
+  gemPrimeImport(dmabuf: DmaBuf): KResult<GpuBo> {
     const own = this.boOf(dmabuf);
     if (own) {
       own.kref++; // drm_gem_object_get(): the GEM object, not the dma-buf's file
@@ -1770,9 +1769,9 @@ export class GpuDevice implements LeakSource {
    * table kept as `ttm->sg`: this is where the exporter decides (migrates, refuses with its errno).
    * models ttm_bo_validate() → amdgpu_ttm_backend_bind() for a TTM_TT_FLAG_EXTERNAL BO
    */
-  #importBind(bo: GpuBo, domain: number, why: string): DbResult {
+  #importBind(bo: GpuBo, domain: number, why: string): KResult {
     if (!(domain & AMDGPU_GEM_DOMAIN_GTT))
-      return dbErr("EINVAL", `${bo.describe()} is imported: ${domainText(domain)} is not allowed`);
+      return kerr("EINVAL", `${bo.describe()} is imported: ${domainText(domain)} is not allowed`);
     if (bo.ttmSg) return kok();
     const a = bo.import_attach;
     if (!a) throw new KernelBug(`${bo.describe()}: an imported BO without an attachment`);
@@ -1869,15 +1868,15 @@ export class GpuDevice implements LeakSource {
     dst: GpuBo,
     dstOffset: bigint,
     length: bigint,
-  ): DbResult<GpuCopyResult> {
+  ): KResult<GpuCopyResult> {
     for (const [bo, off] of [
       [src, srcOffset],
       [dst, dstOffset],
     ] as const) {
-      if (bo.freed) return dbErr("EINVAL", `${bo.describe()} is freed`);
+      if (bo.freed) return kerr("EINVAL", `${bo.describe()} is freed`);
       const size = bo.importOf?.size ?? bo.size;
       if (off < 0n || length < 0n || off + length > size)
-        return dbErr(
+        return kerr(
           "EINVAL",
           `copy range [${hex(off)}, ${hex(off + length)}) outside ${bo.describe()}`,
         );
@@ -1916,7 +1915,7 @@ export class GpuDevice implements LeakSource {
     }
   }
 
-  #copyFail<T>(src: GpuBo, dst: GpuBo, r: DbResult<T>): DbResult<T> {
+  #copyFail<T>(src: GpuBo, dst: GpuBo, r: KResult<T>): KResult<T> {
     if (!r.ok)
       this.#emit(
         "gpu:copy",
@@ -1937,7 +1936,7 @@ export class GpuDevice implements LeakSource {
     length: bigint,
     dir: DmaDirection,
     data: Uint8Array | null,
-  ): DbResult<{ end: GpuCopyEnd; data?: Uint8Array }> {
+  ): KResult<{ end: GpuCopyEnd; data?: Uint8Array }> {
     if (bo.placement === "vram") {
       const out = data ? undefined : new Uint8Array(Number(length));
       this.#cpuRange(bo, offset, length, (phys, at, n) => {
@@ -1962,7 +1961,7 @@ export class GpuDevice implements LeakSource {
       const m = this.sys.dma.mapSgtable(dev, t.value, dir);
       if (!m.ok) {
         sg_free_table(t.value);
-        return dbErr(m.errno, `mapping bo#${bo.id}'s GTT pages for ${dev.name}: ${m.errno}`);
+        return kerr(m.errno, `mapping bo#${bo.id}'s GTT pages for ${dev.name}: ${m.errno}`);
       }
       segs = dmaSegments(this.sys, this.dmaDev, t.value);
       done = () => {
@@ -1975,7 +1974,7 @@ export class GpuDevice implements LeakSource {
       const out = data ? undefined : new Uint8Array(Number(length));
       const fault = this.#dmaRange(segs, offset, length, data, out);
       if (fault)
-        return dbErr(
+        return kerr(
           "EIO",
           `${this.name} ${data ? "write to" : "read from"} bo#${bo.id} faulted at 0x${fault.address.toString(16)}: ${fault.reason} (at ${fault.at})`,
         );

@@ -32,8 +32,7 @@ import type { DmaFault } from "../../hw/fabric.ts";
 import type { PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import { type SgTable, sg_alloc_table_from_pages, sg_free_table } from "../lib/scatterlist.ts";
 import type { KernelVa } from "../mm/p2pmem.ts";
@@ -108,13 +107,13 @@ export function dmaMapData(
   data: NvmeData,
   dir: DmaDirection,
   name: string,
-): DbResult<SgTable> {
+): KResult<SgTable> {
   const t = sg_alloc_table_from_pages(data.pages, data.offset, data.length, { name });
   if (!t.ok) return t;
   const m = sys.dma.mapSgtable(dev, t.value, dir);
   if (!m.ok) {
     sg_free_table(t.value);
-    return dbErr(
+    return kerr(
       m.errno,
       `dma_map_sgtable for ${dev.name}: ${m.errno}${m.reason ? ` (${m.reason})` : ""}`,
     );
@@ -237,8 +236,8 @@ export class P2pmemUser implements LeakSource {
    * `length` bytes from `provider`'s pool as one scatterlist entry: no p2pdma state, an empty
    * pool or no room → -ENOMEM (the kernel returns NULL). models pci_p2pmem_alloc_sgl() → pci_alloc_p2pmem()
    */
-  alloc(provider: PciFunction, length: bigint): DbResult<P2pmemBuffer> {
-    if (length <= 0n) return dbErr("EINVAL", `pci_p2pmem_alloc_sgl: length ${length}`);
+  alloc(provider: PciFunction, length: bigint): KResult<P2pmemBuffer> {
+    if (length <= 0n) return kerr("EINVAL", `pci_p2pmem_alloc_sgl: length ${length}`);
     const reg = this.sys.p2pmem;
     const va = reg.alloc(provider, length);
     if (va === null) {
@@ -247,7 +246,7 @@ export class P2pmemUser implements LeakSource {
         `${this.name}: pci_alloc_p2pmem(${provider.name}, ${length}) failed`,
         { provider: provider.name, length, ok: false },
       );
-      return dbErr("ENOMEM", `pci_alloc_p2pmem(${provider.name}, ${length}): no p2pmem available`);
+      return kerr("ENOMEM", `pci_alloc_p2pmem(${provider.name}, ${length}): no p2pmem available`);
     }
     const pages: Page[] = [];
     for (let off = 0n; off < length; off += PAGE_SIZE_N) {
@@ -291,7 +290,7 @@ export class P2pmemUser implements LeakSource {
    * THRU_HOST_BRIDGE: mapped like RAM (physical, or an IOVA); NOT_SUPPORTED: -EREMOTEIO.
    * models dma_map_sgtable() → pci_p2pdma_map_segment() / the 6.1 pci_p2pdma_map_sg path
    */
-  map(buf: P2pmemBuffer, dev: DmaDevice, dir: DmaDirection = "bidirectional"): DbResult<SgTable> {
+  map(buf: P2pmemBuffer, dev: DmaDevice, dir: DmaDirection = "bidirectional"): KResult<SgTable> {
     if (buf.freed) throw new KernelBug(`map of freed ${buf.describe()}`);
     const r = dmaMapData(this.sys, dev, buf.data(), dir, `${buf.describe()} for ${dev.name}`);
     const mapType = this.sys.p2pdma.mapType(buf.provider, dev.fn);
@@ -525,12 +524,12 @@ export class NvmeController implements LeakSource {
   // ── I/O ────────────────────────────────────────────────────────────────────────────────────
 
   /** NVMe READ of `nlb` blocks at `slba` into `data` (the controller DMA-writes). */
-  read(slba: bigint, nlb: number, data: NvmeData): DbResult<NvmeIoResult> {
+  read(slba: bigint, nlb: number, data: NvmeData): KResult<NvmeIoResult> {
     return this.#io("read", slba, nlb, data);
   }
 
   /** NVMe WRITE of `nlb` blocks at `slba` from `data` (the controller DMA-reads). */
-  write(slba: bigint, nlb: number, data: NvmeData): DbResult<NvmeIoResult> {
+  write(slba: bigint, nlb: number, data: NvmeData): KResult<NvmeIoResult> {
     return this.#io("write", slba, nlb, data);
   }
 
@@ -542,8 +541,8 @@ export class NvmeController implements LeakSource {
    * fabric: a fault completes the command with Data Transfer Error, -EIO); nvme_unmap_data.
    * models nvme_queue_rq() → nvme_map_data() … nvme_pci_complete_rq() → nvme_unmap_data()
    */
-  #io(op: "read" | "write", slba: bigint, nlb: number, data: NvmeData): DbResult<NvmeIoResult> {
-    const fail = (r: DbResult<never>): DbResult<NvmeIoResult> => {
+  #io(op: "read" | "write", slba: bigint, nlb: number, data: NvmeData): KResult<NvmeIoResult> {
+    const fail = (r: KResult<never>): KResult<NvmeIoResult> => {
       if (!r.ok)
         this.#emit(
           "nvme:io",
@@ -554,14 +553,14 @@ export class NvmeController implements LeakSource {
     };
     if (nlb <= 0 || slba < 0n || slba + BigInt(nlb) > this.nsBlocks)
       return fail(
-        dbErr(
+        kerr(
           "EIO",
           `attempt to access beyond end of device: slba ${slba} nlb ${nlb} of ${this.nsBlocks}`,
         ),
       );
     const bytes = BigInt(nlb * this.lbaSize);
     if (data.length !== bytes)
-      return fail(dbErr("EINVAL", `data of ${data.length} bytes for ${bytes} bytes of blocks`));
+      return fail(kerr("EINVAL", `data of ${data.length} bytes for ${bytes} bytes of blocks`));
     const dir: DmaDirection = op === "read" ? "from-device" : "to-device";
     const m = dmaMapData(this.sys, this.dev, data, dir, `${this.name} ${op} slba ${slba}`);
     if (!m.ok) return fail(m);
@@ -597,7 +596,7 @@ export class NvmeController implements LeakSource {
       }
       if (fault)
         return fail(
-          dbErr(
+          kerr(
             "EIO",
             `Data Transfer Error: DMA ${op === "read" ? "write" : "read"} at ${hex(fault.address)} faulted: ${fault.reason} (at ${fault.at})`,
           ),
@@ -668,17 +667,17 @@ export class NvmetP2pNs implements LeakSource {
   static enable(
     nvme: NvmeController,
     opts: { readonly p2pDev?: string | undefined } = {},
-  ): DbResult<NvmetP2pNs> {
+  ): KResult<NvmetP2pNs> {
     const sys = nvme.sys;
     let configured: PciFunction | null = null;
     if (opts.p2pDev !== undefined) {
       const fn = sys.machine.byBdf(opts.p2pDev);
       if (!fn) throw new Error(`nvmet: no function ${opts.p2pDev}`);
       if (sys.p2pdma.distanceMany(fn, [nvme.fn], true) < 0)
-        return dbErr("EINVAL", `${fn.name} cannot do P2P with ${nvme.name}`);
+        return kerr("EINVAL", `${fn.name} cannot do P2P with ${nvme.name}`);
       configured = fn;
     } else if (sys.p2pdma.findManyCandidates([nvme.fn]).candidates.length === 0)
-      return dbErr("EINVAL", `no peer-to-peer memory is available for ${nvme.name}`);
+      return kerr("EINVAL", `no peer-to-peer memory is available for ${nvme.name}`);
     return kok(new NvmetP2pNs(nvme, configured));
   }
 
@@ -710,7 +709,7 @@ export class NvmetP2pNs implements LeakSource {
    * RAM (sgl_alloc) when there is none or its pool is exhausted.
    * models nvmet_req_alloc_sgls() / nvmet_req_alloc_p2pmem_sgls()
    */
-  allocSgls(length: bigint): DbResult<NvmetReqData> {
+  allocSgls(length: bigint): KResult<NvmetReqData> {
     if (this.p2pDev) {
       const b = this.p2pmem.alloc(this.p2pDev, length);
       if (b.ok) return kok({ kind: "p2pmem", buf: b.value, data: b.value.data() });

@@ -55,8 +55,7 @@ import {
   type Process,
   sysClose,
 } from "../dma-buf/file.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import type { Leak, LeakSource } from "../leaks.ts";
 import {
   for_each_sg,
@@ -111,22 +110,22 @@ const pageOffset = (v: bigint): bigint => v & PAGE_OFF;
  * Local write is needed for remote write or atomic; only IB_ACCESS_SUPPORTED bits; on-demand
  * paging only on a device that has it. All -EINVAL. models ib_check_mr_access()
  */
-export function ibCheckMrAccess(dev: RdmaDevice, flags: number): DbResult {
+export function ibCheckMrAccess(dev: RdmaDevice, flags: number): KResult {
   if (
     flags & (IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_REMOTE_WRITE) &&
     !(flags & IBV_ACCESS_LOCAL_WRITE)
   )
-    return dbErr(
+    return kerr(
       "EINVAL",
       `access 0x${(flags >>> 0).toString(16)}: remote write/atomic needs IB_ACCESS_LOCAL_WRITE`,
     );
   if ((flags >>> 0) & ~IB_ACCESS_SUPPORTED)
-    return dbErr(
+    return kerr(
       "EINVAL",
       `access 0x${(flags >>> 0).toString(16)} has bits outside IB_ACCESS_SUPPORTED`,
     );
   if (flags & IBV_ACCESS_ON_DEMAND && !dev.odp)
-    return dbErr("EINVAL", `${dev.name} has no on-demand paging (IBK_ON_DEMAND_PAGING)`);
+    return kerr("EINVAL", `${dev.name} has no on-demand paging (IBK_ON_DEMAND_PAGING)`);
   return kok();
 }
 
@@ -315,19 +314,19 @@ export function ibUmemGet(
   addr: bigint,
   size: bigint,
   access: number,
-): DbResult<IbUmem> {
+): KResult<IbUmem> {
   if (addr + size > U64_MAX || alignUp(addr + size, PAGE_SIZE_N) > U64_MAX)
-    return dbErr("EINVAL", `ib_umem_get: ${hex(addr)} + ${hex(size)} overflows`);
+    return kerr("EINVAL", `ib_umem_get: ${hex(addr)} + ${hex(size)} overflows`);
   if (access & IBV_ACCESS_ON_DEMAND)
-    return dbErr("EOPNOTSUPP", "ib_umem_get: IB_ACCESS_ON_DEMAND goes through ib_umem_odp_get");
+    return kerr("EOPNOTSUPP", "ib_umem_get: IB_ACCESS_ON_DEMAND goes through ib_umem_odp_get");
   const first = alignDown(addr, PAGE_SIZE_N);
   const npages = (alignUp(addr + size, PAGE_SIZE_N) - first) / PAGE_SIZE_N;
   if (npages === 0n || npages > BigInt(UINT_MAX))
-    return dbErr("EINVAL", `ib_umem_get: ${npages} pages`);
+    return kerr("EINVAL", `ib_umem_get: ${npages} pages`);
   // models pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM): one reference per page
   const idx = (first - buf.va) / PAGE_SIZE_N;
   if (buf.freed || first < buf.va || idx + npages > BigInt(buf.pages.length))
-    return dbErr(
+    return kerr(
       "EFAULT",
       `ib_umem_get: ${hex(addr)}+${hex(size)} is not mapped in ${buf.proc.name}`,
     );
@@ -394,21 +393,21 @@ export function ibUmemDmabufGet(
   fd: number,
   access: number,
   ops: DmaBufAttachOps | null,
-): DbResult<IbUmemDmabuf> {
+): KResult<IbUmemDmabuf> {
   const end = offset + size;
   if (end > U64_MAX)
-    return dbErr(
+    return kerr(
       "EINVAL",
       `ib_umem_dmabuf_get: offset ${hex(offset)} + size ${hex(size)} overflows`,
     );
   if (!ops?.move_notify)
-    return dbErr("EINVAL", "ib_umem_dmabuf_get: importer ops without move_notify");
+    return kerr("EINVAL", "ib_umem_dmabuf_get: importer ops without move_notify");
   const d = dmaBufGet(proc, fd);
   if (!d.ok) return d;
   const dmabuf = d.value;
   if (dmabuf.size < end) {
     dmaBufPut(dmabuf);
-    return dbErr(
+    return kerr(
       "EINVAL",
       `ib_umem_dmabuf_get: [${hex(offset)}, ${hex(end)}) is beyond ${dmabuf.describe()}`,
     );
@@ -416,7 +415,7 @@ export function ibUmemDmabufGet(
   const umem = new IbUmemDmabuf(ibdev, offset, size, ibAccessWritable(access));
   if (ibUmemNumPages(umem) === 0n) {
     dmaBufPut(dmabuf);
-    return dbErr("EINVAL", "ib_umem_dmabuf_get: zero-length umem");
+    return kerr("EINVAL", "ib_umem_dmabuf_get: zero-length umem");
   }
   const a = dmaBufDynamicAttach(dmabuf, ibdev.dev, ops, umem);
   if (!a.ok) {
@@ -464,7 +463,7 @@ export function ibUmemDmabufGetPinned(
   size: bigint,
   fd: number,
   access: number,
-): DbResult<IbUmemDmabuf> {
+): KResult<IbUmemDmabuf> {
   const r = ibUmemDmabufGet(
     ibdev,
     proc,
@@ -503,13 +502,13 @@ export function ibUmemDmabufGetPinned(
  * the trailing excess; the umem's view starts at the first covering entry with nents = covering
  * entries. Then wait (uninterruptibly) for KERNEL-usage fences. models ib_umem_dmabuf_map_pages()
  */
-export function ibUmemDmabufMapPages(umem: IbUmemDmabuf): DbResult {
+export function ibUmemDmabufMapPages(umem: IbUmemDmabuf): KResult {
   const attach = umem.attach!;
   const dev = umem.ibdev;
   const resv = attach.dmabuf.resv;
   resv.assertHeld("ib_umem_dmabuf_map_pages");
   if (dev.core.profile.id !== "6.1" && umem.revoked)
-    return dbErr("EINVAL", `ib_umem_dmabuf_map_pages: ${umem.describe()} was revoked`);
+    return kerr("EINVAL", `ib_umem_dmabuf_map_pages: ${umem.describe()} was revoked`);
   if (!umem.sgt) {
     const m = dmaBufMapAttachment(attach, "bidirectional");
     if (!m.ok) return m;
@@ -739,7 +738,7 @@ export class RdmaDevice implements LeakSource {
    * Closing the fd (or the process exiting) destroys every QP, MR and PD of the context.
    * models ib_uverbs_open() (+ ibv_open_device())
    */
-  open(proc: Process): DbResult<IbvContext> {
+  open(proc: Process): KResult<IbvContext> {
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     let ctx: IbvContext | null = null;
@@ -787,7 +786,7 @@ export class RdmaDevice implements LeakSource {
    * Under the resv: map_pages (its errno), check the page size, load the translation.
    * models pagefault_dmabuf_mr() (mlx5_ib_init_dmabuf_mr at registration, the ODP fault handler later)
    */
-  #pagefaultDmabufMr(mr: IbMr): DbResult {
+  #pagefaultDmabufMr(mr: IbMr): KResult {
     const umem = mr.umem as IbUmemDmabuf;
     const resv = umem.attach!.dmabuf.resv;
     resv.lock("pagefault_dmabuf_mr");
@@ -797,7 +796,7 @@ export class RdmaDevice implements LeakSource {
       // mlx5_umem_dmabuf_find_best_pgsz(): dma-buf mkeys are fixed at PAGE_SIZE
       if (ibUmemFindBestPgsz(umem, PAGE_SIZE_N, umem.iova) === 0n) {
         ibUmemDmabufUnmapPages(umem);
-        return dbErr("EINVAL", `${this.name}: dma-buf segments are not PAGE_SIZE aligned`);
+        return kerr("EINVAL", `${this.name}: dma-buf segments are not PAGE_SIZE aligned`);
       }
       this.#updateMrPas(mr);
       return kok();
@@ -844,9 +843,9 @@ export class RdmaDevice implements LeakSource {
     length: bigint,
     iova: bigint,
     access: number,
-  ): DbResult<IbMr> {
+  ): KResult<IbMr> {
     if (access & IBV_ACCESS_ON_DEMAND)
-      return dbErr("EOPNOTSUPP", `${this.name}: host ODP MRs are not modelled`);
+      return kerr("EOPNOTSUPP", `${this.name}: host ODP MRs are not modelled`);
     const u = ibUmemGet(this, buf, start, length, access);
     if (!u.ok) return u;
     // sets umem->iova; mlx5 asks for its best HW page size here, the model keeps PAGE_SIZE
@@ -885,7 +884,7 @@ export class RdmaDevice implements LeakSource {
     iova: bigint,
     fd: number,
     access: number,
-  ): DbResult<IbMr> {
+  ): KResult<IbMr> {
     const u = this.odp
       ? ibUmemDmabufGet(this, proc, offset, length, fd, access, this.#odpOps)
       : ibUmemDmabufGetPinned(this, proc, offset, length, fd, access);
@@ -950,7 +949,7 @@ export class RdmaDevice implements LeakSource {
    * whose translation was zapped page-faults first (and re-maps: possibly new addresses).
    * models the HCA's MTT walk, and on a miss mlx5_ib_mr_rdma_pfault_handler() → pagefault_mr()
    */
-  resolve(mr: IbMr, va: bigint, len: bigint): DbResult<DmaSeg[]> {
+  resolve(mr: IbMr, va: bigint, len: bigint): KResult<DmaSeg[]> {
     if (!mr.mtt) {
       if (!mr.dynamic || !mr.umem.is_dmabuf)
         throw new KernelBug(`${mr.describe()} has no translation and cannot fault`);
@@ -977,7 +976,7 @@ export class RdmaDevice implements LeakSource {
       skip = 0n;
     }
     if (left > 0n)
-      return dbErr("EFAULT", `${mr.describe()}: ${hex(left)} byte(s) beyond its mapped segments`);
+      return kerr("EFAULT", `${mr.describe()}: ${hex(left)} byte(s) beyond its mapped segments`);
     return kok(out);
   }
 
@@ -1120,18 +1119,18 @@ export class IbvContext {
   }
 
   /** -EBUSY while MRs or QPs use it. models ibv_dealloc_pd() → ib_dealloc_pd_user() */
-  deallocPd(pd: IbvPd): DbResult {
+  deallocPd(pd: IbvPd): KResult {
     if (this.#closed || pd.destroyed) return kok();
-    if (pd.context !== this) return dbErr("EINVAL", "PD of another context");
-    if (pd.usecnt > 0) return dbErr("EBUSY", `PD ${pd.handle} is used by ${pd.usecnt} object(s)`);
+    if (pd.context !== this) return kerr("EINVAL", "PD of another context");
+    if (pd.usecnt > 0) return kerr("EBUSY", `PD ${pd.handle} is used by ${pd.usecnt} object(s)`);
     pd.destroyed = true;
     this.pds.delete(pd);
     return kok();
   }
 
-  #pdOk(pd: IbvPd): DbResult {
+  #pdOk(pd: IbvPd): KResult {
     if (pd.context !== this || pd.destroyed)
-      return dbErr("EINVAL", `PD ${pd.handle} is not a live PD of this context`);
+      return kerr("EINVAL", `PD ${pd.handle} is not a live PD of this context`);
     return kok();
   }
 
@@ -1140,20 +1139,20 @@ export class IbvContext {
    * (addr = iova = the buffer's address). Errors: the PD (-EINVAL), ib_check_mr_access (-EINVAL),
    * ib_umem_get. models malloc + ibv_reg_mr() → ib_uverbs_reg_mr() → reg_user_mr
    */
-  regMr(pd: IbvPd, length: bigint, access: number): DbResult<IbvMr> {
-    if (this.#closed) return dbErr("EBADF", "context closed");
+  regMr(pd: IbvPd, length: bigint, access: number): KResult<IbvMr> {
+    if (this.#closed) return kerr("EBADF", "context closed");
     const dev = this.device;
     const p = this.#pdOk(pd);
     if (!p.ok) return p;
     const buf = allocUserBuffer(dev.sys, this.proc, length);
     const start = buf.va;
     const hcaVa = buf.va;
-    const fail = <T>(r: DbResult<T>): DbResult<T> => {
+    const fail = <T>(r: KResult<T>): KResult<T> => {
       freeUserBuffer(dev.sys, buf);
       return r;
     };
     if (pageOffset(start) !== pageOffset(hcaVa))
-      return fail(dbErr("EINVAL", "start and hca_va have different page offsets"));
+      return fail(kerr("EINVAL", "start and hca_va have different page offsets"));
     const a = ibCheckMrAccess(dev, access);
     if (!a.ok) return fail(a);
     const r = dev.regUserMr(pd, buf, start, length, hcaVa, access);
@@ -1188,21 +1187,21 @@ export class IbvContext {
     iova: bigint,
     fd: number,
     access: number,
-  ): DbResult<IbvMr> {
-    if (this.#closed) return dbErr("EBADF", "context closed");
+  ): KResult<IbvMr> {
+    if (this.#closed) return kerr("EBADF", "context closed");
     const dev = this.device;
     const p = this.#pdOk(pd);
     if (!p.ok) return p;
     if (!dev.dmabufSupported)
-      return dbErr("EOPNOTSUPP", `${dev.name}: the provider has no reg_user_mr_dmabuf`);
+      return kerr("EOPNOTSUPP", `${dev.name}: the provider has no reg_user_mr_dmabuf`);
     if (pageOffset(offset) !== pageOffset(iova))
-      return dbErr(
+      return kerr(
         "EINVAL",
         `offset ${hex(offset)} and iova ${hex(iova)} have different page offsets`,
       );
     const flags = access >>> 0;
     if (access < 0 || !Number.isInteger(access) || flags & ~REG_DMABUF_MR_ACCESS_ALLOWED)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `access 0x${flags.toString(16)} has bits outside 0x${REG_DMABUF_MR_ACCESS_ALLOWED.toString(16)}`,
       );
@@ -1229,9 +1228,9 @@ export class IbvContext {
    * destroyed with its context, is a no-op returning 0 (pyverbs' close(), which rdma-core's
    * test_dmabuf_dereg_mr_twice relies on). models ibv_dereg_mr() → ib_dereg_mr_user()
    */
-  deregMr(mr: IbvMr): DbResult {
+  deregMr(mr: IbvMr): KResult {
     const st = mrStates.get(mr);
-    if (!st || st.ctx !== this) return dbErr("EINVAL", "not an MR of this context");
+    if (!st || st.ctx !== this) return kerr("EINVAL", "not an MR of this context");
     if (st.deregistered) return kok();
     this.#dereg(mr, st);
     return kok();
@@ -1257,9 +1256,9 @@ export class IbvContext {
   }
 
   /** models ibv_destroy_qp() */
-  destroyQp(qp: IbvQp): DbResult {
+  destroyQp(qp: IbvQp): KResult {
     if (qp.destroyed) return kok();
-    if (qp.context !== this) return dbErr("EINVAL", "QP of another context");
+    if (qp.context !== this) return kerr("EINVAL", "QP of another context");
     qp.markDestroyed();
     qp.pd.usecnt--;
     this.qps.delete(qp);
@@ -1267,7 +1266,7 @@ export class IbvContext {
   }
 
   /** ibv_close_device: close(fd). */
-  close(): DbResult {
+  close(): KResult {
     if (this.#closed) return kok();
     return sysClose(this.proc, this.fd);
   }

@@ -46,8 +46,7 @@ import {
   sysIoctl,
   type Vma,
 } from "../dma-buf/file.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import { dmaClient } from "../iommu/iova.ts";
 import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import {
@@ -136,11 +135,11 @@ export class ShmemFs implements LeakSource {
     proc: Process,
     name: string,
     flags = MFD_CLOEXEC | MFD_ALLOW_SEALING,
-  ): DbResult<number> {
+  ): KResult<number> {
     if (flags & MFD_HUGETLB)
       throw new Error("memfd_create(MFD_HUGETLB): hugetlbfs is not modelled");
     if (flags & ~(MFD_CLOEXEC | MFD_ALLOW_SEALING))
-      return dbErr("EINVAL", `memfd_create: unknown flags 0x${flags.toString(16)}`);
+      return kerr("EINVAL", `memfd_create: unknown flags 0x${flags.toString(16)}`);
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     const inode = new ShmemInode(name, flags & MFD_ALLOW_SEALING ? 0 : F_SEAL_SEAL);
@@ -165,9 +164,9 @@ export class ShmemFs implements LeakSource {
     this.#live.delete(inode);
   }
 
-  #fileInode(proc: Process, fd: number): DbResult<{ file: KFile; inode: ShmemInode | null }> {
+  #fileInode(proc: Process, fd: number): KResult<{ file: KFile; inode: ShmemInode | null }> {
     const file = proc.peek(fd);
-    if (!file) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
+    if (!file) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
     return kok({ file, inode: this.inodeOf(file) });
   }
 
@@ -175,16 +174,16 @@ export class ShmemFs implements LeakSource {
    * ftruncate(2) of a memfd: shrinking with F_SEAL_SHRINK or growing with F_SEAL_GROW → -EPERM;
    * shrinking drops the page cache beyond the new size. models shmem_setattr()
    */
-  ftruncate(proc: Process, fd: number, length: bigint): DbResult {
+  ftruncate(proc: Process, fd: number, length: bigint): KResult {
     const r = this.#fileInode(proc, fd);
     if (!r.ok) return r;
     const inode = r.value.inode;
     if (!inode) throw new Error("ftruncate of a file that is not a memfd is not modelled");
-    if (length < 0n) return dbErr("EINVAL", "negative length");
+    if (length < 0n) return kerr("EINVAL", "negative length");
     if (length < inode.size && inode.seals & F_SEAL_SHRINK)
-      return dbErr("EPERM", `${inode.describe()}: F_SEAL_SHRINK`);
+      return kerr("EPERM", `${inode.describe()}: F_SEAL_SHRINK`);
     if (length > inode.size && inode.seals & F_SEAL_GROW)
-      return dbErr("EPERM", `${inode.describe()}: F_SEAL_GROW`);
+      return kerr("EPERM", `${inode.describe()}: F_SEAL_GROW`);
     inode.size = length;
     for (const [i, p] of [...inode.pages]) {
       if (BigInt(i) * PAGE_SIZE_N < length) continue;
@@ -200,18 +199,18 @@ export class ShmemFs implements LeakSource {
    * F_SEAL_WRITE while pages are held by someone besides the page cache → -EBUSY (what
    * memfd_wait_for_pins returns once it gives up waiting).
    */
-  addSeals(proc: Process, fd: number, seals: number): DbResult {
+  addSeals(proc: Process, fd: number, seals: number): KResult {
     const r = this.#fileInode(proc, fd);
     if (!r.ok) return r;
     const { file, inode } = r.value;
-    if (!(file.f_mode & FMODE_WRITE)) return dbErr("EPERM", `${file.name} is not open for writing`);
-    if (seals & ~F_ALL_SEALS) return dbErr("EINVAL", `unknown seals 0x${seals.toString(16)}`);
-    if (!inode) return dbErr("EINVAL", `${file.name} does not support seals`);
-    if (inode.seals & F_SEAL_SEAL) return dbErr("EPERM", `${inode.describe()}: F_SEAL_SEAL`);
+    if (!(file.f_mode & FMODE_WRITE)) return kerr("EPERM", `${file.name} is not open for writing`);
+    if (seals & ~F_ALL_SEALS) return kerr("EINVAL", `unknown seals 0x${seals.toString(16)}`);
+    if (!inode) return kerr("EINVAL", `${file.name} does not support seals`);
+    if (inode.seals & F_SEAL_SEAL) return kerr("EPERM", `${inode.describe()}: F_SEAL_SEAL`);
     if (seals & F_SEAL_WRITE && !(inode.seals & F_SEAL_WRITE)) {
       const pinned = [...inode.pages.values()].filter((p) => (this.sys.pageRefCount(p) ?? 1) > 1);
       if (pinned.length > 0)
-        return dbErr(
+        return kerr(
           "EBUSY",
           `${inode.describe()}: ${pinned.length} page(s) still referenced beyond the page cache`,
         );
@@ -221,10 +220,10 @@ export class ShmemFs implements LeakSource {
   }
 
   /** fcntl(fd, F_GET_SEALS): the seals, or -EINVAL for a file without them. models memfd_get_seals() */
-  getSeals(proc: Process, fd: number): DbResult<number> {
+  getSeals(proc: Process, fd: number): KResult<number> {
     const r = this.#fileInode(proc, fd);
     if (!r.ok) return r;
-    if (!r.value.inode) return dbErr("EINVAL", `${r.value.file.name} does not support seals`);
+    if (!r.value.inode) return kerr("EINVAL", `${r.value.file.name} does not support seals`);
     return kok(r.value.inode.seals);
   }
 
@@ -232,9 +231,9 @@ export class ShmemFs implements LeakSource {
    * The page at `index`, allocated on first use, with a reference for the caller. Beyond i_size
    * → -EINVAL. models shmem_read_mapping_page() (shmem_get_folio_gfp with SGP_CACHE)
    */
-  readMappingPage(inode: ShmemInode, index: number): DbResult<Page> {
+  readMappingPage(inode: ShmemInode, index: number): KResult<Page> {
     if (BigInt(index) * PAGE_SIZE_N >= inode.size)
-      return dbErr("EINVAL", `${inode.describe()}: page ${index} is beyond the end of the file`);
+      return kerr("EINVAL", `${inode.describe()}: page ${index} is beyond the end of the file`);
     const p = this.#page(inode, index);
     this.sys.getPage(p);
     return kok(p);
@@ -253,16 +252,16 @@ export class ShmemFs implements LeakSource {
    * pwrite(2): F_SEAL_WRITE / F_SEAL_FUTURE_WRITE → -EPERM; past the end grows the file (unless
    * F_SEAL_GROW: -EPERM); pages allocated as touched. The bytes written.
    */
-  pwrite(proc: Process, fd: number, offset: bigint, data: Uint8Array): DbResult<number> {
+  pwrite(proc: Process, fd: number, offset: bigint, data: Uint8Array): KResult<number> {
     const r = this.#fileInode(proc, fd);
     if (!r.ok) return r;
     const inode = r.value.inode;
     if (!inode) throw new Error("pwrite of a file that is not a memfd is not modelled");
     if (inode.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
-      return dbErr("EPERM", `${inode.describe()}: write-sealed`);
+      return kerr("EPERM", `${inode.describe()}: write-sealed`);
     const end = offset + BigInt(data.length);
     if (end > inode.size && inode.seals & F_SEAL_GROW)
-      return dbErr("EPERM", `${inode.describe()}: F_SEAL_GROW`);
+      return kerr("EPERM", `${inode.describe()}: F_SEAL_GROW`);
     let done = 0;
     while (done < data.length) {
       const at = offset + BigInt(done);
@@ -281,7 +280,7 @@ export class ShmemFs implements LeakSource {
   }
 
   /** pread(2): up to the end of the file; holes read as zeros without allocating. */
-  pread(proc: Process, fd: number, offset: bigint, length: number): DbResult<Uint8Array> {
+  pread(proc: Process, fd: number, offset: bigint, length: number): KResult<Uint8Array> {
     const r = this.#fileInode(proc, fd);
     if (!r.ok) return r;
     const inode = r.value.inode;
@@ -458,7 +457,7 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** open(2) of /dev/udmabuf. */
-  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): DbResult<number> {
+  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): KResult<number> {
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     proc.install(fd.value, new KFile({ name: "/dev/udmabuf", fops: this.#fops, flags }), flags);
@@ -466,14 +465,14 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** models udmabuf_ioctl(): CREATE, CREATE_LIST, anything else -ENOTTY. */
-  #ioctl(cmd: number, arg: unknown, proc: Process): DbResult<number> {
+  #ioctl(cmd: number, arg: unknown, proc: Process): KResult<number> {
     if (cmd === UDMABUF_CREATE) return this.#ioctlCreate(arg, proc);
     if (cmd === UDMABUF_CREATE_LIST) return this.#ioctlCreateList(arg, proc);
-    return dbErr("ENOTTY", `udmabuf: ioctl 0x${cmd.toString(16)} unknown`);
+    return kerr("ENOTTY", `udmabuf: ioctl 0x${cmd.toString(16)} unknown`);
   }
 
   /** One item, `count` 1. models udmabuf_ioctl_create() */
-  #ioctlCreate(arg: unknown, proc: Process): DbResult<number> {
+  #ioctlCreate(arg: unknown, proc: Process): KResult<number> {
     const c = arg as Partial<UdmabufCreate> | null;
     if (
       !c ||
@@ -482,20 +481,20 @@ export class UdmabufDevice implements LeakSource {
       typeof c.offset !== "bigint" ||
       typeof c.size !== "bigint"
     )
-      return dbErr("EFAULT", "UDMABUF_CREATE: copy_from_user failed");
+      return kerr("EFAULT", "UDMABUF_CREATE: copy_from_user failed");
     return this.#create(proc, c.flags, [{ memfd: c.memfd, offset: c.offset, size: c.size }]);
   }
 
   /** count > list_limit → -EINVAL; the items copied (short → -EFAULT). models udmabuf_ioctl_create_list() */
-  #ioctlCreateList(arg: unknown, proc: Process): DbResult<number> {
+  #ioctlCreateList(arg: unknown, proc: Process): KResult<number> {
     const h = arg as Partial<UdmabufCreateList> | null;
     if (!h || typeof h.flags !== "number" || typeof h.count !== "number")
-      return dbErr("EFAULT", "UDMABUF_CREATE_LIST: copy_from_user failed");
+      return kerr("EFAULT", "UDMABUF_CREATE_LIST: copy_from_user failed");
     const count = h.count >>> 0;
     if (count > this.listLimit)
-      return dbErr("EINVAL", `count ${count} > list_limit ${this.listLimit}`);
+      return kerr("EINVAL", `count ${count} > list_limit ${this.listLimit}`);
     if (!Array.isArray(h.list) || h.list.length < count)
-      return dbErr("EFAULT", `fewer than ${count} items: copy_from_user failed`);
+      return kerr("EFAULT", `fewer than ${count} items: copy_from_user failed`);
     return this.#create(proc, h.flags, h.list.slice(0, count));
   }
 
@@ -507,9 +506,9 @@ export class UdmabufDevice implements LeakSource {
    * failure every page taken so far is given back. Then export (O_RDWR) and the fd (O_CLOEXEC
    * from UDMABUF_FLAGS_CLOEXEC). models udmabuf_create()
    */
-  #create(proc: Process, flags: number, list: readonly UdmabufCreateItem[]): DbResult<number> {
+  #create(proc: Process, flags: number, list: readonly UdmabufCreateItem[]): KResult<number> {
     const prof = this.core.profile.udmabuf;
-    const fail = (r: DbResult<never>, pages: readonly Page[] = []): DbResult<never> => {
+    const fail = (r: KResult<never>, pages: readonly Page[] = []): KResult<never> => {
       for (const p of pages) this.sys.putPage(p);
       if (!r.ok)
         this.#emit("udmabuf:create", `create failed: -${r.errno} (${r.reason})`, {
@@ -521,28 +520,28 @@ export class UdmabufDevice implements LeakSource {
     let pgcnt = 0n;
     for (const [i, it] of list.entries()) {
       if (it.offset % PAGE_SIZE_N !== 0n)
-        return fail(dbErr("EINVAL", `item ${i}: offset ${hex(it.offset)} not page aligned`));
+        return fail(kerr("EINVAL", `item ${i}: offset ${hex(it.offset)} not page aligned`));
       if (it.size % PAGE_SIZE_N !== 0n)
-        return fail(dbErr("EINVAL", `item ${i}: size ${hex(it.size)} not page aligned`));
+        return fail(kerr("EINVAL", `item ${i}: size ${hex(it.size)} not page aligned`));
       pgcnt += it.size >> BigInt(PAGE_SHIFT);
       if (pgcnt > pglimit)
-        return fail(dbErr("EINVAL", `${pgcnt} pages exceed size_limit_mb ${this.sizeLimitMb} MiB`));
+        return fail(kerr("EINVAL", `${pgcnt} pages exceed size_limit_mb ${this.sizeLimitMb} MiB`));
     }
-    if (pgcnt === 0n) return fail(dbErr("EINVAL", "no pages"));
+    if (pgcnt === 0n) return fail(kerr("EINVAL", "no pages"));
     const pages: Page[] = [];
     for (const [i, it] of list.entries()) {
       const file = proc.peek(it.memfd);
-      if (!file) return fail(dbErr("EBADFD", `item ${i}: fd ${it.memfd} is not open`), pages);
+      if (!file) return fail(kerr("EBADFD", `item ${i}: fd ${it.memfd} is not open`), pages);
       const inode = this.shmem.inodeOf(file);
       if (!inode)
         return fail(
-          dbErr("EBADFD", `item ${i}: ${file.name} is not a shmem or hugetlbfs file`),
+          kerr("EBADFD", `item ${i}: ${file.name} is not a shmem or hugetlbfs file`),
           pages,
         );
       // models check_memfd_seals()
       if ((inode.seals & F_SEAL_SHRINK) === 0 || inode.seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
         return fail(
-          dbErr(
+          kerr(
             "EINVAL",
             `item ${i}: seals 0x${inode.seals.toString(16)} (F_SEAL_SHRINK required, F_SEAL_WRITE and F_SEAL_FUTURE_WRITE refused)`,
           ),
@@ -613,10 +612,10 @@ export class UdmabufDevice implements LeakSource {
    * (contiguous pages merged), DMA_ATTR_SKIP_CPU_SYNC; mainline: one entry per page, no
    * attributes. models get_sg_table()
    */
-  #getSgTable(ubuf: Udmabuf, dev: DmaDevice, dir: DmaDirection): DbResult<SgTable> {
+  #getSgTable(ubuf: Udmabuf, dev: DmaDevice, dir: DmaDirection): KResult<SgTable> {
     const prof = this.core.profile.udmabuf;
     const name = `udmabuf sgt of ${ubuf.dmabuf?.describe() ?? "udmabuf"} for ${dev.name}`;
-    let t: DbResult<SgTable>;
+    let t: KResult<SgTable>;
     if (prof.sgTable === "from-pages")
       t = sg_alloc_table_from_pages(ubuf.pages, 0, BigInt(ubuf.pagecount) * PAGE_SIZE_N, {
         name,
@@ -647,7 +646,7 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** models map_udmabuf(): get_sg_table() for the importer's device; peer2peer is not looked at. */
-  #map(ubuf: Udmabuf, a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #map(ubuf: Udmabuf, a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     const r = this.#getSgTable(ubuf, a.dev, dir);
     if (!r.ok) {
       this.#emit("udmabuf:map", `map for ${a.dev.name} failed: -${r.errno}`, { errno: r.errno });
@@ -671,8 +670,8 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** VM_SHARED / VM_MAYSHARE required, else -EINVAL. models mmap_udmabuf() */
-  #mmap(vma: Vma): DbResult {
-    if (!vma.shared) return dbErr("EINVAL", "udmabuf mmap needs MAP_SHARED");
+  #mmap(vma: Vma): KResult {
+    if (!vma.shared) return kerr("EINVAL", "udmabuf mmap needs MAP_SHARED");
     return kok();
   }
 
@@ -681,7 +680,7 @@ export class UdmabufDevice implements LeakSource {
    * the CPU (and on every later call); mainline syncs only on later calls.
    * models begin_cpu_udmabuf()
    */
-  #beginCpu(ubuf: Udmabuf, dir: DmaDirection): DbResult {
+  #beginCpu(ubuf: Udmabuf, dir: DmaDirection): KResult {
     const prof = this.core.profile.udmabuf;
     let created = false;
     if (!ubuf.sg) {
@@ -702,9 +701,9 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** No table yet (no begin_cpu_access before) → -EINVAL; else sync for the device. models end_cpu_udmabuf() */
-  #endCpu(ubuf: Udmabuf, dir: DmaDirection): DbResult {
+  #endCpu(ubuf: Udmabuf, dir: DmaDirection): KResult {
     if (!ubuf.sg)
-      return dbErr(
+      return kerr(
         "EINVAL",
         `end_cpu_access on ${ubuf.dmabuf?.describe()} without begin_cpu_access`,
       );
@@ -716,7 +715,7 @@ export class UdmabufDevice implements LeakSource {
   }
 
   /** Mainline: the pages in one vmalloc range (resv held). models vmap_udmabuf() */
-  #vmap(ubuf: Udmabuf, d: DmaBuf): DbResult<IosysMap> {
+  #vmap(ubuf: Udmabuf, d: DmaBuf): KResult<IosysMap> {
     d.resv.assertHeld("vmap_udmabuf");
     const addr = vmallocRange(BigInt(ubuf.pagecount) * PAGE_SIZE_N);
     ubuf.vmapAddr = addr;
@@ -768,7 +767,7 @@ export class UdmabufDevice implements LeakSource {
 }
 
 /** ioctl(fd, UDMABUF_CREATE, arg) from `proc`: the new dma-buf fd. */
-export function udmabufCreate(proc: Process, fd: number, arg: UdmabufCreate): DbResult<number> {
+export function udmabufCreate(proc: Process, fd: number, arg: UdmabufCreate): KResult<number> {
   return sysIoctl(proc, fd, UDMABUF_CREATE, arg);
 }
 
@@ -777,7 +776,7 @@ export function udmabufCreateList(
   proc: Process,
   fd: number,
   arg: UdmabufCreateList,
-): DbResult<number> {
+): KResult<number> {
   return sysIoctl(proc, fd, UDMABUF_CREATE_LIST, arg);
 }
 
@@ -850,7 +849,7 @@ export class SystemHeap implements LeakSource {
       unlocked_ioctl: (_f, cmd, arg, proc) =>
         cmd === DMA_HEAP_IOCTL_ALLOC
           ? this.#ioctlAllocate(arg, proc)
-          : dbErr("ENOTTY", `dma_heap: ioctl 0x${cmd.toString(16)} unknown`),
+          : kerr("ENOTTY", `dma_heap: ioctl 0x${cmd.toString(16)} unknown`),
     };
   }
 
@@ -859,7 +858,7 @@ export class SystemHeap implements LeakSource {
   }
 
   /** open(2) of /dev/dma_heap/system. models dma_heap_open() */
-  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): DbResult<number> {
+  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): KResult<number> {
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     proc.install(
@@ -875,7 +874,7 @@ export class SystemHeap implements LeakSource {
    * once page aligned → -EINVAL; then the allocation and the fd (written back in `fd`).
    * models dma_heap_ioctl_allocate() + dma_heap_buffer_alloc()
    */
-  #ioctlAllocate(arg: unknown, proc: Process): DbResult<number> {
+  #ioctlAllocate(arg: unknown, proc: Process): KResult<number> {
     const a = arg as Partial<DmaHeapAllocationData> | null;
     if (
       !a ||
@@ -884,13 +883,13 @@ export class SystemHeap implements LeakSource {
       typeof a.fd_flags !== "number" ||
       typeof a.heap_flags !== "bigint"
     )
-      return dbErr("EFAULT", "DMA_HEAP_IOCTL_ALLOC: copy_from_user failed");
-    if (a.fd !== 0) return dbErr("EINVAL", "fd must be 0 on input");
+      return kerr("EFAULT", "DMA_HEAP_IOCTL_ALLOC: copy_from_user failed");
+    if (a.fd !== 0) return kerr("EINVAL", "fd must be 0 on input");
     if (a.fd_flags & ~DMA_HEAP_VALID_FD_FLAGS)
-      return dbErr("EINVAL", `fd_flags 0x${a.fd_flags.toString(16)} outside O_CLOEXEC | O_ACCMODE`);
-    if (a.heap_flags !== 0n) return dbErr("EINVAL", "no heap flags are valid");
+      return kerr("EINVAL", `fd_flags 0x${a.fd_flags.toString(16)} outside O_CLOEXEC | O_ACCMODE`);
+    if (a.heap_flags !== 0n) return kerr("EINVAL", "no heap flags are valid");
     const len = ((a.len + PAGE_SIZE_N - 1n) / PAGE_SIZE_N) * PAGE_SIZE_N;
-    if (len === 0n) return dbErr("EINVAL", "length 0");
+    if (len === 0n) return kerr("EINVAL", "length 0");
     const d = this.#allocate(len, a.fd_flags);
     if (!d.ok) return d;
     const fd = dmaBufFd(proc, d.value, a.fd_flags);
@@ -907,7 +906,7 @@ export class SystemHeap implements LeakSource {
    * one table entry each, exported with `fd_flags`. models system_heap_allocate() +
    * alloc_largest_available()
    */
-  #allocate(len: bigint, fdFlags: number): DbResult<DmaBuf> {
+  #allocate(len: bigint, fdFlags: number): KResult<DmaBuf> {
     const chunks: HeapChunk[] = [];
     let left = len;
     let maxOrder: number = SYSTEM_HEAP_ORDERS[0];
@@ -992,7 +991,7 @@ export class SystemHeap implements LeakSource {
   }
 
   /** A private copy of the page list, not mapped, at the head of the list. models system_heap_attach() + dup_sg_table() */
-  #attach(buffer: SystemHeapBuffer, a: DmaBufAttachment): DbResult {
+  #attach(buffer: SystemHeapBuffer, a: DmaBufAttachment): KResult {
     const t = sg_alloc_table(buffer.sg_table.orig_nents, {
       name: `system heap copy for ${a.dev.name}`,
     });
@@ -1017,7 +1016,7 @@ export class SystemHeap implements LeakSource {
   }
 
   /** The attachment's own copy, mapped in place, returned (the same table every time). models system_heap_map_dma_buf() */
-  #map(a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #map(a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     const ha = a.priv as HeapAttachment;
     const m = this.sys.dma.mapSgtable(a.dev, ha.table, dir);
     if (!m.ok) return m;
@@ -1042,7 +1041,7 @@ export class SystemHeap implements LeakSource {
    * Sync, for the CPU (begin) or the devices (end), every attachment that is mapped now; the
    * others are skipped. models system_heap_dma_buf_begin_cpu_access() / _end_cpu_access()
    */
-  #cpuAccess(buffer: SystemHeapBuffer, dir: DmaDirection, to: "cpu" | "device"): DbResult {
+  #cpuAccess(buffer: SystemHeapBuffer, dir: DmaDirection, to: "cpu" | "device"): KResult {
     for (const ha of buffer.attachments) {
       if (!ha.mapped) continue;
       dmaSyncSgtable(this.sys, ha.dev, ha.table, dir, to);
@@ -1057,7 +1056,7 @@ export class SystemHeap implements LeakSource {
   }
 
   // models system_heap_vmap(): its own count, one vmalloc range
-  #vmap(buffer: SystemHeapBuffer): DbResult<IosysMap> {
+  #vmap(buffer: SystemHeapBuffer): KResult<IosysMap> {
     if (buffer.vmap_cnt === 0) buffer.vaddr = vmallocRange(buffer.len);
     buffer.vmap_cnt++;
     return kok({ isIomem: false, addr: buffer.vaddr! });
@@ -1105,7 +1104,7 @@ export function dmaHeapAlloc(
   fd: number,
   len: bigint,
   opts: { fdFlags?: number; heapFlags?: bigint } = {},
-): DbResult<number> {
+): KResult<number> {
   const arg: DmaHeapAllocationData = {
     len,
     fd: 0,

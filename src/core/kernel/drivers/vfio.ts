@@ -52,8 +52,7 @@ import {
   sysIoctl,
 } from "../dma-buf/file.ts";
 import { dmaBufFreeSgt, dmaBufPhysVecToSgt, type PhysVec } from "../dma-buf/phys-vec.ts";
-import { type DbResult, dbErr } from "../dma-buf/result.ts";
-import { KernelBug, kok } from "../errno.ts";
+import { KernelBug, type KResult, kerr, kok } from "../errno.ts";
 import { type Leak, type LeakSource, unmappedTableLeaks } from "../leaks.ts";
 import type { SgTable } from "../lib/scatterlist.ts";
 import { type P2pProvider, PAGE_SIZE_N } from "../mm/page.ts";
@@ -226,7 +225,7 @@ export class VfioPciDevice implements LeakSource {
    * on, so the emulated PCI_COMMAND has PCI_COMMAND_MEMORY (vfio_config_init copies it).
    * models vfio_device_open() → vfio_pci_core_open_device() → vfio_pci_core_enable()
    */
-  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): DbResult<number> {
+  open(proc: Process, flags: number = O_RDWR | O_CLOEXEC): KResult<number> {
     const fd = proc.getUnusedFd();
     if (!fd.ok) return fd;
     if (this.#files.size === 0) this.#vcmd = PCI_COMMAND_MEMORY;
@@ -254,7 +253,7 @@ export class VfioPciDevice implements LeakSource {
     this.#emit("vfio:close", "device closed (last file): vfio_pci_core_close_device");
   }
 
-  #ioctl(file: KFile, cmd: number, arg: unknown, proc: Process): DbResult<number> {
+  #ioctl(file: KFile, cmd: number, arg: unknown, proc: Process): KResult<number> {
     if (!this.#files.has(file))
       throw new KernelBug(`${this.name}: ioctl on a file it never opened`);
     switch (cmd) {
@@ -264,7 +263,7 @@ export class VfioPciDevice implements LeakSource {
         return this.#ioctlReset();
       default:
         // vfio_pci_core_ioctl(): the other VFIO_DEVICE_* ioctls are not modelled
-        return dbErr("ENOTTY", `${this.name}: ioctl 0x${cmd.toString(16)} is not modelled`);
+        return kerr("ENOTTY", `${this.name}: ioctl 0x${cmd.toString(16)} is not modelled`);
     }
   }
 
@@ -274,30 +273,27 @@ export class VfioPciDevice implements LeakSource {
    * -EINVAL; then vfio_pci_core_ioctl_feature(): DMA_BUF where the kernel has it, anything
    * unknown → -ENOTTY.
    */
-  #ioctlDeviceFeature(arg: unknown, proc: Process): DbResult<number> {
+  #ioctlDeviceFeature(arg: unknown, proc: Process): KResult<number> {
     if (typeof arg !== "object" || arg === null)
-      return dbErr("EFAULT", "VFIO_DEVICE_FEATURE: copy_from_user failed");
+      return kerr("EFAULT", "VFIO_DEVICE_FEATURE: copy_from_user failed");
     const f = arg as VfioDeviceFeature;
     if (typeof f.argsz !== "number" || typeof f.flags !== "number")
-      return dbErr("EFAULT", "VFIO_DEVICE_FEATURE: copy_from_user failed");
+      return kerr("EFAULT", "VFIO_DEVICE_FEATURE: copy_from_user failed");
     if (f.argsz < VFIO_DEVICE_FEATURE_MINSZ)
-      return dbErr(
-        "EINVAL",
-        `VFIO_DEVICE_FEATURE: argsz ${f.argsz} < ${VFIO_DEVICE_FEATURE_MINSZ}`,
-      );
+      return kerr("EINVAL", `VFIO_DEVICE_FEATURE: argsz ${f.argsz} < ${VFIO_DEVICE_FEATURE_MINSZ}`);
     const known =
       VFIO_DEVICE_FEATURE_MASK |
       VFIO_DEVICE_FEATURE_SET |
       VFIO_DEVICE_FEATURE_GET |
       VFIO_DEVICE_FEATURE_PROBE;
     if ((f.flags >>> 0) & ~known)
-      return dbErr("EINVAL", `VFIO_DEVICE_FEATURE: unknown flag bits 0x${f.flags.toString(16)}`);
+      return kerr("EINVAL", `VFIO_DEVICE_FEATURE: unknown flag bits 0x${f.flags.toString(16)}`);
     if (
       !(f.flags & VFIO_DEVICE_FEATURE_PROBE) &&
       f.flags & VFIO_DEVICE_FEATURE_SET &&
       f.flags & VFIO_DEVICE_FEATURE_GET
     )
-      return dbErr("EINVAL", "VFIO_DEVICE_FEATURE: GET and SET together without PROBE");
+      return kerr("EINVAL", "VFIO_DEVICE_FEATURE: GET and SET together without PROBE");
     const index = f.flags & VFIO_DEVICE_FEATURE_MASK;
     const argsz = f.argsz - VFIO_DEVICE_FEATURE_MINSZ;
     if (index === VFIO_DEVICE_FEATURE_DMA_BUF && this.core.profile.vfioDmaBuf)
@@ -313,7 +309,7 @@ export class VfioPciDevice implements LeakSource {
     )
       throw new Error(`${this.name}: VFIO_DEVICE_FEATURE ${index} exists but is not modelled`);
     // the migration and dirty-tracking features of vfio_main.c need mig/log ops vfio-pci lacks
-    return dbErr(
+    return kerr(
       "ENOTTY",
       `${this.name}: VFIO_DEVICE_FEATURE ${index} is not a feature of this kernel's vfio-pci`,
     );
@@ -328,14 +324,14 @@ export class VfioPciDevice implements LeakSource {
     argsz: number,
     supported: number,
     minsz: number,
-  ): DbResult<0 | 1> {
+  ): KResult<0 | 1> {
     if (flags & (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET) & ~supported)
-      return dbErr("EINVAL", "VFIO_DEVICE_FEATURE: operation not supported by this feature");
+      return kerr("EINVAL", "VFIO_DEVICE_FEATURE: operation not supported by this feature");
     if (flags & VFIO_DEVICE_FEATURE_PROBE) return kok(0);
     if (!(flags & (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET)))
-      return dbErr("EINVAL", "VFIO_DEVICE_FEATURE: neither GET nor SET");
+      return kerr("EINVAL", "VFIO_DEVICE_FEATURE: neither GET nor SET");
     if (argsz < minsz)
-      return dbErr("EINVAL", `VFIO_DEVICE_FEATURE: ${argsz} bytes of data, needs ${minsz}`);
+      return kerr("EINVAL", `VFIO_DEVICE_FEATURE: ${argsz} bytes of data, needs ${minsz}`);
     return kok(1);
   }
 
@@ -352,8 +348,8 @@ export class VfioPciDevice implements LeakSource {
     data: VfioDeviceFeatureDmaBuf | null | undefined,
     argsz: number,
     proc: Process,
-  ): DbResult<number> {
-    const fail = (r: DbResult<never>): DbResult<never> => {
+  ): KResult<number> {
+    const fail = (r: KResult<never>): KResult<never> => {
       if (!r.ok)
         this.#emit("vfio:export", `VFIO_DEVICE_FEATURE_DMA_BUF failed: -${r.errno} (${r.reason})`, {
           errno: r.errno,
@@ -361,7 +357,7 @@ export class VfioPciDevice implements LeakSource {
       return r;
     };
     if (!this.getDmabufPhys)
-      return fail(dbErr("EOPNOTSUPP", `${this.name}: the driver has no get_dmabuf_phys`));
+      return fail(kerr("EOPNOTSUPP", `${this.name}: the driver has no get_dmabuf_phys`));
     const c = VfioPciDevice.checkFeature(
       flags,
       argsz,
@@ -371,25 +367,23 @@ export class VfioPciDevice implements LeakSource {
     if (!c.ok) return fail(c);
     if (c.value === 0) return kok(0);
     if (!data || typeof data !== "object")
-      return fail(dbErr("EFAULT", "VFIO_DEVICE_FEATURE_DMA_BUF: copy_from_user failed"));
+      return fail(kerr("EFAULT", "VFIO_DEVICE_FEATURE_DMA_BUF: copy_from_user failed"));
     const nr = data.nr_ranges >>> 0;
     if (nr === 0 || data.flags !== 0)
       return fail(
-        dbErr(
+        kerr(
           "EINVAL",
           nr === 0 ? "nr_ranges is 0" : `flags 0x${(data.flags >>> 0).toString(16)} (must be 0)`,
         ),
       );
     const region = data.region_index >>> 0;
     if (region >= VFIO_PCI_ROM_REGION_INDEX)
-      return fail(dbErr("ENODEV", `region_index ${region} is not a BAR`));
+      return fail(kerr("ENODEV", `region_index ${region} is not a BAR`));
     // models memdup_array_user(): kmalloc of nr * 16 bytes, then the copy
     if (BigInt(nr) * BigInt(VFIO_REGION_DMA_RANGE_SIZE) > KMALLOC_MAX_SIZE)
-      return fail(dbErr("ENOMEM", `${nr} ranges: more than kmalloc can hold`));
+      return fail(kerr("ENOMEM", `${nr} ranges: more than kmalloc can hold`));
     if (!Array.isArray(data.dma_ranges) || data.dma_ranges.length < nr)
-      return fail(
-        dbErr("EFAULT", `dma_ranges has fewer than ${nr} entries: copy_from_user failed`),
-      );
+      return fail(kerr("EFAULT", `dma_ranges has fewer than ${nr} entries: copy_from_user failed`));
     const ranges = data.dma_ranges.slice(0, nr);
     const v = VfioPciDevice.validateDmabufInput(ranges);
     if (!v.ok) return fail(v);
@@ -455,19 +449,19 @@ export class VfioPciDevice implements LeakSource {
    * Every range non-empty with a page-aligned offset and length, the total not wrapping and
    * without bit 63 (DMA_IOVA_USE_SWIOTLB); all -EINVAL. The total size. models validate_dmabuf_input()
    */
-  static validateDmabufInput(ranges: readonly VfioRegionDmaRange[]): DbResult<bigint> {
+  static validateDmabufInput(ranges: readonly VfioRegionDmaRange[]): KResult<bigint> {
     let length = 0n;
     for (const [i, r] of ranges.entries()) {
       if (r.length === 0n || r.offset % PAGE_SIZE_N !== 0n || r.length % PAGE_SIZE_N !== 0n)
-        return dbErr(
+        return kerr(
           "EINVAL",
           `range ${i}: offset ${hex(r.offset)} length ${hex(r.length)} (empty or not page aligned)`,
         );
       length += r.length;
-      if (length > U64) return dbErr("EINVAL", `range ${i}: the total length overflows`);
+      if (length > U64) return kerr("EINVAL", `range ${i}: the total length overflows`);
     }
     if (length & DMA_IOVA_USE_SWIOTLB)
-      return dbErr("EINVAL", `total length ${hex(length)} has DMA_IOVA_USE_SWIOTLB (bit 63) set`);
+      return kerr("EINVAL", `total length ${hex(length)} has DMA_IOVA_USE_SWIOTLB (bit 63) set`);
     return kok(length);
   }
 
@@ -479,21 +473,21 @@ export class VfioPciDevice implements LeakSource {
   #getDmabufPhys(
     region: number,
     ranges: readonly VfioRegionDmaRange[],
-  ): DbResult<{ provider: P2pProvider; vec: PhysVec[] }> {
+  ): KResult<{ provider: P2pProvider; vec: PhysVec[] }> {
     const provider = this.#providers.get(region);
     const bar = this.fn.desc.bars?.find((b) => b.index === region && b.mem && b.size > 0n);
     if (!provider || !bar)
-      return dbErr("EINVAL", `BAR${region} is not a memory BAR (pcim_p2pdma_provider is NULL)`);
+      return kerr("EINVAL", `BAR${region} is not a memory BAR (pcim_p2pdma_provider is NULL)`);
     const maxAddr = bar.start + bar.size;
     const vec: PhysVec[] = [];
     for (const [i, r] of ranges.entries()) {
-      if (r.length === 0n) return dbErr("EINVAL", `range ${i} is empty`);
+      if (r.length === 0n) return kerr("EINVAL", `range ${i} is empty`);
       const paddr = bar.start + r.offset;
       const end = paddr + r.length;
       if (paddr > U64 || end > U64)
-        return dbErr("EOVERFLOW", `range ${i}: BAR start + ${hex(r.offset)} + length wraps`);
+        return kerr("EOVERFLOW", `range ${i}: BAR start + ${hex(r.offset)} + length wraps`);
       if (end > maxAddr)
-        return dbErr(
+        return kerr(
           "EINVAL",
           `range ${i}: [${hex(paddr)}, ${hex(end)}) ends past BAR${region} [${hex(bar.start)}, ${hex(maxAddr)})`,
         );
@@ -556,16 +550,10 @@ export class VfioPciDevice implements LeakSource {
    * with memory enabled, they are restored (a second move_notify). Returns the bytes written.
    * models vfio_pci_config_rw() → vfio_basic_config_write()
    */
-  configWrite(
-    proc: Process,
-    fd: number,
-    offset: number,
-    value: number,
-    size = 2,
-  ): DbResult<number> {
+  configWrite(proc: Process, fd: number, offset: number, value: number, size = 2): KResult<number> {
     const f = proc.peek(fd);
-    if (!f) return dbErr("EBADF", `${proc.name}: fd ${fd} is not open`);
-    if (!this.#files.has(f)) return dbErr("EINVAL", `fd ${fd} is not ${this.name}'s device file`);
+    if (!f) return kerr("EBADF", `${proc.name}: fd ${fd} is not open`);
+    if (!this.#files.has(f)) return kerr("EINVAL", `fd ${fd} is not ${this.name}'s device file`);
     if (offset !== PCI_COMMAND || size !== 2)
       throw new Error(
         `${this.name}: config write at 0x${offset.toString(16)}/${size} is not modelled`,
@@ -587,8 +575,8 @@ export class VfioPciDevice implements LeakSource {
    * reset and restored after it when memory is (still) enabled in the emulated config space.
    * models vfio_pci_ioctl_reset()
    */
-  #ioctlReset(): DbResult<number> {
-    if (!this.resetWorks) return dbErr("EINVAL", `${this.name}: no reset method (reset_works)`);
+  #ioctlReset(): KResult<number> {
+    if (!this.resetWorks) return kerr("EINVAL", `${this.name}: no reset method (reset_works)`);
     this.#dmaBufMove(true, "device reset");
     this.#emit("vfio:reset", "pci_try_reset_function()");
     if (this.#memoryEnabled()) this.#dmaBufMove(false, "reset done, memory enabled");
@@ -613,24 +601,24 @@ export class VfioPciDevice implements LeakSource {
   }
 
   /** models vfio_pci_dma_buf_pin(): the memory can be revoked at any time, so never. */
-  #pin(a: DmaBufAttachment): DbResult {
+  #pin(a: DmaBufAttachment): KResult {
     this.#emit("vfio:pin", `${a.describe()}: pin refused (-EOPNOTSUPP): revocable MMIO`, {
       importer: a.dev.fn.name,
       errno: "EOPNOTSUPP",
     });
-    return dbErr("EOPNOTSUPP", `${this.name}: a vfio dma-buf cannot be pinned (it can be revoked)`);
+    return kerr("EOPNOTSUPP", `${this.name}: a vfio dma-buf cannot be pinned (it can be revoked)`);
   }
 
   /** No peer2peer → -EOPNOTSUPP; revoked → -ENODEV. models vfio_pci_dma_buf_attach() */
-  #attach(priv: VfioPciDmaBuf, a: DmaBufAttachment): DbResult {
-    let r: DbResult = kok();
+  #attach(priv: VfioPciDmaBuf, a: DmaBufAttachment): KResult {
+    let r: KResult = kok();
     if (!a.peer2peer)
-      r = dbErr(
+      r = kerr(
         "EOPNOTSUPP",
         `${this.name}: ${a.dev.name} is not a peer-to-peer capable importer (static, or allow_peer2peer unset)`,
       );
     else if (priv.revoked)
-      r = dbErr("ENODEV", `${this.name}: ${priv.dmabuf?.describe() ?? "dma-buf"} is revoked`);
+      r = kerr("ENODEV", `${this.name}: ${priv.dmabuf?.describe() ?? "dma-buf"} is revoked`);
     this.#emit(
       "vfio:attach",
       `${a.dev.name} ${r.ok ? "attached" : `refused: -${r.errno}`} (${a.importer_ops ? "dynamic" : "static"}, peer2peer ${a.peer2peer})`,
@@ -640,10 +628,10 @@ export class VfioPciDevice implements LeakSource {
   }
 
   /** Resv held; revoked → -ENODEV; else the phys_vec helper. models vfio_pci_dma_buf_map() */
-  #map(priv: VfioPciDmaBuf, a: DmaBufAttachment, dir: DmaDirection): DbResult<SgTable> {
+  #map(priv: VfioPciDmaBuf, a: DmaBufAttachment, dir: DmaDirection): KResult<SgTable> {
     a.dmabuf.resv.assertHeld("vfio_pci_dma_buf_map");
     const r = priv.revoked
-      ? dbErr("ENODEV", `${this.name}: ${a.dmabuf.describe()} is revoked`)
+      ? kerr("ENODEV", `${this.name}: ${a.dmabuf.describe()} is revoked`)
       : dmaBufPhysVecToSgt(this.sys, a, priv.provider, priv.phys_vec, priv.size, dir);
     if (!r.ok) {
       this.#emit("vfio:map", `map for ${a.dev.name} failed: -${r.errno}`, {
@@ -692,6 +680,20 @@ export class VfioPciDevice implements LeakSource {
   // ── leaks ────────────────────────────────────────────────────────────────────────────────
 
   /** Tables handed out and not unmapped, buffers not released, device files still open. */
+  /** The CPU physical address of byte `off` of an exported buffer (its ranges back to back). */
+  backingPhys(d: DmaBuf): ((off: bigint) => bigint) | null {
+    const priv = this.dmabufs.find((p) => p.dmabuf === d);
+    if (!priv) return null;
+    return (off) => {
+      let at = off;
+      for (const r of priv.phys_vec) {
+        if (at < r.len) return r.paddr + at;
+        at -= r.len;
+      }
+      throw new RangeError(`${this.name}: offset ${hex(off)} past ${d.describe()}`);
+    };
+  }
+
   leaks(): Leak[] {
     const owner = this.name;
     const out: Leak[] = [];
@@ -721,7 +723,7 @@ export function vfioDeviceFeatureDmaBuf(
   fd: number,
   req: VfioDeviceFeatureDmaBuf,
   opts: { flags?: number; argsz?: number } = {},
-): DbResult<number> {
+): KResult<number> {
   const feature: VfioDeviceFeature = {
     argsz:
       opts.argsz ??
