@@ -17,6 +17,8 @@ import {
 } from "../../src/core/hw/machine.ts";
 import { type BootedPci, bootPci, CPU_PRESETS } from "../../src/core/kernel/pci/pci-view.ts";
 
+export { formatLink, formatSpeed, PORT_NAMES as PORT } from "../../src/core/analysis/labels.ts";
+
 export interface NameTable {
   readonly vendors: Readonly<Record<string, string>>;
   readonly devices: Readonly<Record<string, string>>;
@@ -119,26 +121,6 @@ const GEN: Readonly<Record<string, string>> = {
   "128": "Gen7",
 };
 
-/** As the CLI prints speeds (cli/render/tree.ts). */
-export function formatSpeed(gts: number | null | undefined): string {
-  if (gts === undefined) return "?";
-  if (gts === null) return "Unknown";
-  return `${gts}GT/s`;
-}
-
-/** Port types as the CLI names them. */
-export const PORT: Readonly<Record<string, string>> = {
-  "root-port": "Root Port",
-  "upstream-port": "Upstream Port",
-  "downstream-port": "Downstream Port",
-  "pcie-to-pci-bridge": "PCIe-to-PCI Bridge",
-  "pci-to-pcie-bridge": "PCI-to-PCIe Bridge",
-  "rc-endpoint": "RC Integrated Endpoint",
-  "rc-event-collector": "RC Event Collector",
-  endpoint: "",
-  "legacy-endpoint": "Legacy Endpoint",
-};
-
 export function shortLink(
   l: MachineDescription["functions"][number]["link"] | undefined,
 ): string | null {
@@ -146,23 +128,6 @@ export function shortLink(
   if (l.width === 0) return "link down";
   const gen = l.speed != null ? (GEN[String(l.speed)] ?? `${l.speed} GT/s`) : "?";
   return `${gen} x${l.width ?? "?"}`;
-}
-
-/** The CLI's formatLink (cli/render/tree.ts): current link, and the maximum when downtrained. */
-export function formatLink(
-  l: MachineDescription["functions"][number]["link"] | undefined,
-  downtrained: boolean,
-): string {
-  if (!l) return "";
-  if (l.width === 0) return `link down (max ${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"})`;
-  const cur =
-    l.speed !== undefined || l.width !== undefined
-      ? `${formatSpeed(l.speed)} x${l.width ?? "?"}`
-      : "";
-  const max = `${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"}`;
-  if (!cur) return `max ${max}`;
-  if (downtrained) return `${cur} (downtrained, max ${max})`;
-  return cur;
 }
 
 /** An error as the page shows it: file, place, reason when the input was at fault. */

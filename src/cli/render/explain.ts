@@ -1,8 +1,8 @@
 /** Text rendering of one pair's explanation: hops, verdict, findings with hints. */
 
+import { formatLink } from "../../core/analysis/labels.ts";
 import type { PairExplanation } from "../../core/analysis/p2p.ts";
 import type { Colors } from "../io.ts";
-import { formatLink } from "./tree.ts";
 
 const VERDICT: Record<string, string> = {
   "bus-address": "BUS ADDRESS (PCI_P2PDMA_MAP_BUS_ADDR)",

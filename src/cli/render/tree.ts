@@ -1,39 +1,8 @@
 /** Text rendering of the hierarchy tree (lspci -tv, with what P2P questions need). */
 
+import { formatLink, PORT_NAMES as PORT } from "../../core/analysis/labels.ts";
 import type { TreeNode, TreeRoot } from "../../core/analysis/tree.ts";
-import type { LinkDescription } from "../../core/hw/machine.ts";
 import type { Colors } from "../io.ts";
-
-const PORT: Record<string, string> = {
-  "root-port": "Root Port",
-  "upstream-port": "Upstream Port",
-  "downstream-port": "Downstream Port",
-  "pcie-to-pci-bridge": "PCIe-to-PCI Bridge",
-  "pci-to-pcie-bridge": "PCI-to-PCIe Bridge",
-  "rc-endpoint": "RC Integrated Endpoint",
-  "rc-event-collector": "RC Event Collector",
-  endpoint: "",
-  "legacy-endpoint": "Legacy Endpoint",
-};
-
-export function formatSpeed(s: number | null | undefined): string {
-  if (s === undefined) return "?";
-  if (s === null) return "Unknown";
-  return `${s}GT/s`;
-}
-
-export function formatLink(l: LinkDescription | undefined, downtrained: boolean): string {
-  if (!l) return "";
-  if (l.width === 0) return `link down (max ${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"})`;
-  const cur =
-    l.speed !== undefined || l.width !== undefined
-      ? `${formatSpeed(l.speed)} x${l.width ?? "?"}`
-      : "";
-  const max = `${formatSpeed(l.maxSpeed)} x${l.maxWidth ?? "?"}`;
-  if (!cur) return `max ${max}`;
-  if (downtrained) return `${cur} (downtrained, max ${max})`;
-  return cur;
-}
 
 function label(n: TreeNode, c: Colors): string {
   const parts: string[] = [c.bold(n.bdf)];

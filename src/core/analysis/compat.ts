@@ -664,9 +664,7 @@ function accelSession(
       ({ va, handle } = ctx.proc.accelAlloc(fd, ctx.size));
     },
     export() {
-      // the v3 uAPI takes the allocation handle where mainline takes the device VA
-      const v3 = accel.generation === "v3" && accel.dramVirtualMemory;
-      const bfd = ctx.proc.accelExport(fd, { addr: v3 ? handle : va, size: ctx.size });
+      const bfd = ctx.proc.accelExport(fd, { addr: accel.exportAddr(handle, va), size: ctx.size });
       const dmabuf = ctx.proc.dmabuf(bfd);
       const phys = accel.backingPhys(dmabuf)!;
       return {

@@ -241,8 +241,7 @@ class Runner {
         const mem = this.get(s.mem, "mem");
         const flags = s.flags?.reduce((f, n) => f | OFLAGS[n]!, 0);
         const fd = b.p.accelExport(b.fd, {
-          // the v3 uAPI exported an allocation by its handle; the merged one by device VA
-          addr: mem.accel.generation === "v3" ? mem.handle : mem.va,
+          addr: mem.accel.exportAddr(mem.handle, mem.va),
           size: s.size ?? mem.size,
           ...(s.offset !== undefined ? { offset: s.offset } : {}),
           ...(flags !== undefined ? { flags } : {}),

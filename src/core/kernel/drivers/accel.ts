@@ -1532,6 +1532,14 @@ export class AccelDevice implements LeakSource {
    * not released, context references that neither the open device file nor an export explains,
    * and DRAM still allocated (or accounted) once no context is left.
    */
+  /**
+   * What HL_MEM_OP_EXPORT_DMABUF_FD's `addr` names for an allocation mapped at `va`: the v3 uAPI
+   * exported a DRAM-VM allocation by its handle, the merged one by device VA.
+   */
+  exportAddr(handle: bigint, va: bigint): bigint {
+    return this.generation === "v3" && this.dramVirtualMemory ? handle : va;
+  }
+
   /** The CPU physical (BAR) address of byte `off` of an exported buffer, or null if not ours. */
   backingPhys(d: DmaBuf): ((off: bigint) => bigint) | null {
     const priv = [...this.exports].find((p) => p.dmabuf === d);
