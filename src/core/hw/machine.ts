@@ -291,3 +291,15 @@ export function buildMachine(desc: MachineDescription): Machine {
     },
   };
 }
+
+/** A function's memory BAR `index`, or without one its largest memory BAR (a device's memory window). */
+export function memoryBar(fn: PciFunction, index?: number): BarDescription | undefined {
+  let best: BarDescription | undefined;
+  for (const b of fn.desc.bars ?? []) {
+    if (!b.mem || b.size === 0n) continue;
+    if (index !== undefined) {
+      if (b.index === index) return b;
+    } else if (!best || b.size > best.size) best = b;
+  }
+  return best;
+}

@@ -50,7 +50,7 @@
 
 import { dmaAddr, hex, type PhysAddr, physAddr } from "../../hw/address.ts";
 import type { DmaFault } from "../../hw/fabric.ts";
-import type { PciFunction } from "../../hw/machine.ts";
+import { memoryBar, type PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
 import {
@@ -309,11 +309,7 @@ export class AccelDevice implements LeakSource {
   constructor(sys: System, core: DmaBufCore, bdf: string, opts: AccelOptions = {}) {
     const fn = sys.machine.byBdf(bdf);
     if (!fn) throw new Error(`accel: no function ${bdf}`);
-    const bars = (fn.desc.bars ?? []).filter((b) => b.mem && b.size > 0n);
-    const bar =
-      opts.dramBar !== undefined
-        ? bars.find((b) => b.index === opts.dramBar)
-        : [...bars].sort((a, b) => (a.size < b.size ? 1 : a.size > b.size ? -1 : 0))[0];
+    const bar = memoryBar(fn, opts.dramBar);
     if (!bar) throw new Error(`accel ${bdf}: no DRAM BAR`);
     this.sys = sys;
     this.core = core;

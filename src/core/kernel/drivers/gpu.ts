@@ -56,7 +56,7 @@
 
 import { dmaAddr, hex, type PhysAddr, physAddr } from "../../hw/address.ts";
 import type { DmaFault } from "../../hw/fabric.ts";
-import type { PciFunction } from "../../hw/machine.ts";
+import { memoryBar, type PciFunction } from "../../hw/machine.ts";
 import { type DmaDevice, dmaSetMaskAndCoherent } from "../dma/device.ts";
 import type { DmaDirection } from "../dma/mapping.ts";
 import {
@@ -703,11 +703,7 @@ export class GpuDevice implements LeakSource {
   constructor(sys: System, core: DmaBufCore, bdf: string, opts: GpuOptions = {}) {
     const fn = sys.machine.byBdf(bdf);
     if (!fn) throw new Error(`gpu: no function ${bdf}`);
-    const bars = (fn.desc.bars ?? []).filter((b) => b.mem && b.size > 0n);
-    const bar =
-      opts.vramBar !== undefined
-        ? bars.find((b) => b.index === opts.vramBar)
-        : [...bars].sort((a, b) => (a.size < b.size ? 1 : a.size > b.size ? -1 : 0))[0];
+    const bar = memoryBar(fn, opts.vramBar);
     if (!bar) throw new Error(`gpu ${bdf}: no VRAM BAR`);
     const vramSize = opts.vramSize ?? bar.size;
     if (vramSize > bar.size)
